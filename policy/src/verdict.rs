@@ -7,7 +7,7 @@
 use std::fmt;
 
 use crate::compile::{CompiledCluster, PolicyId, TierId, WorkloadId};
-use crate::policy::{Action, Direction, PolicyKind, DEFAULT_TIER};
+use crate::policy::{Action, Direction, DEFAULT_TIER};
 
 /// What decided one direction at one endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,9 +197,4 @@ impl CompiledCluster {
             .map(|l| self.rule_reference(l.policy, direction, l.rule))
             .collect()
     }
-}
-
-/// Whether a policy kind is one `explain` should flag as staged.
-pub fn is_staged(kind: PolicyKind) -> bool {
-    kind.is_staged()
 }

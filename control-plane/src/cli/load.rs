@@ -1,0 +1,57 @@
+//! Reads manifest files and folders (`-f`), compiles them, and reports every bad object
+//! on stderr while keeping the rest.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use palisade_policy::{CompiledCluster, Manifests};
+
+/// YAML and JSON files under `path` (or `path` itself), sorted for a stable order.
+pub fn manifest_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    if meta.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+            let p = entry?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p
+                .extension()
+                .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+            {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Loads and compiles the manifests under `paths`. Bad objects are reported and
+/// skipped; returns how many problems there were.
+pub fn compile(paths: &[PathBuf]) -> anyhow::Result<(CompiledCluster, usize)> {
+    if paths.is_empty() {
+        bail!("give the manifests with -f FILE_OR_DIR (reading from a cluster is not built yet)");
+    }
+    let mut manifests = Manifests::default();
+    let mut problems = 0;
+    for path in paths {
+        for file in manifest_files(path)? {
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
+            for e in manifests.load_str(&file.display().to_string(), &text) {
+                eprintln!("error: {e} (skipped)");
+                problems += 1;
+            }
+        }
+    }
+    let (compiled, errors) = CompiledCluster::new(&manifests);
+    for e in &errors {
+        eprintln!("error: {e} (skipped)");
+    }
+    Ok((compiled, problems + errors.len()))
+}
