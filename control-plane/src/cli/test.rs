@@ -24,7 +24,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         files.extend(
             load::manifest_files(path)?
                 .into_iter()
-                .filter(|f| !f.extension().is_some_and(|e| e == "json")),
+                .filter(|f| f.extension().is_none_or(|e| e != "json")),
         );
     }
     let (mut passed, mut failed, mut invalid) = (0usize, 0usize, 0usize);

@@ -190,8 +190,14 @@ impl Manifests {
             }
             ("projectcalico.org/v3" | "crd.projectcalico.org/v1", _) => {
                 match calico::load(&kind, value) {
-                    Some(Ok(calico::Object::Policy(p))) => Ok(self.policies.push(*p)),
-                    Some(Ok(calico::Object::Tier(t))) => Ok(self.tiers.push(t)),
+                    Some(Ok(calico::Object::Policy(p))) => {
+                        self.policies.push(*p);
+                        Ok(())
+                    }
+                    Some(Ok(calico::Object::Tier(t))) => {
+                        self.tiers.push(t);
+                        Ok(())
+                    }
                     Some(Err(e)) => Err(e),
                     None => Ok(()), // another Calico kind (IPPool, ...): not policy
                 }
