@@ -16,7 +16,7 @@ use crate::http::HttpRequest;
 use crate::manifest::Manifests;
 use crate::model::{Cluster, LabelMap, NamedPort, Namespace, Pod, PodKey, ServiceAccount};
 use crate::policy::{Direction, Protocol};
-use crate::verdict::Verdict;
+use crate::verdict::{Reference, Verdict};
 
 /// A scenario file that cannot be run: bad YAML, a bad manifest, an unknown pod.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -419,39 +419,41 @@ pub fn evaluate(compiled: &CompiledCluster, e: &Expectation) -> Result<Verdict, 
     }))
 }
 
+/// What decided `direction` (enforced, or pending when `staged`); `None` when that
+/// end is not a pod.
+fn decided(
+    compiled: &CompiledCluster,
+    verdict: &Verdict,
+    direction: Direction,
+    staged: bool,
+) -> Option<Reference> {
+    let (v, pending) = match direction {
+        Direction::Ingress => (verdict.ingress.as_ref()?, verdict.pending.ingress),
+        Direction::Egress => (verdict.egress.as_ref()?, verdict.pending.egress),
+    };
+    let decision = if staged { pending? } else { v.decision };
+    Some(compiled.reference(v.workload, direction, decision, staged))
+}
+
 /// The verdict in the scenario format's words.
 pub fn actual(compiled: &CompiledCluster, verdict: &Verdict) -> Actual {
-    let reference = |direction: Direction, staged: bool| {
-        let v = match direction {
+    let reference = |d, staged| decided(compiled, verdict, d, staged).map(|r| r.to_string());
+    let logged = |d: Direction| {
+        let v = match d {
             Direction::Ingress => verdict.ingress.as_ref(),
             Direction::Egress => verdict.egress.as_ref(),
-        }?;
-        let decision = if staged {
-            match direction {
-                Direction::Ingress => verdict.pending.ingress?,
-                Direction::Egress => verdict.pending.egress?,
-            }
-        } else {
-            v.decision
         };
-        Some(compiled.reference(v.workload, direction, decision, staged))
-    };
-    let logged = |direction: Direction| {
-        match direction {
-            Direction::Ingress => verdict.ingress.as_ref(),
-            Direction::Egress => verdict.egress.as_ref(),
-        }
-        .map(|v| compiled.logged_references(direction, &v.logged))
-        .unwrap_or_default()
+        v.map(|v| compiled.logged_references(d, &v.logged))
+            .unwrap_or_default()
     };
     Actual {
         allowed: verdict.allowed,
-        ingress: reference(Direction::Ingress, false).map(|r| r.to_string()),
-        egress: reference(Direction::Egress, false).map(|r| r.to_string()),
+        ingress: reference(Direction::Ingress, false),
+        egress: reference(Direction::Egress, false),
         pending: ActualPending {
             allowed: verdict.pending.allowed,
-            ingress: reference(Direction::Ingress, true).map(|r| r.to_string()),
-            egress: reference(Direction::Egress, true).map(|r| r.to_string()),
+            ingress: reference(Direction::Ingress, true),
+            egress: reference(Direction::Egress, true),
         },
         logged: ActualLogged {
             ingress: logged(Direction::Ingress),
@@ -463,22 +465,10 @@ pub fn actual(compiled: &CompiledCluster, verdict: &Verdict) -> Actual {
 /// Every way the verdict differs from the expectation, one sentence each.
 pub fn mismatches(compiled: &CompiledCluster, e: &Expectation, verdict: &Verdict) -> Vec<String> {
     let mut out = Vec::new();
-    let reference = |direction: Direction, staged: bool| {
-        let v = match direction {
-            Direction::Ingress => verdict.ingress.as_ref(),
-            Direction::Egress => verdict.egress.as_ref(),
-        }?;
-        let decision = match (staged, direction) {
-            (false, _) => v.decision,
-            (true, Direction::Ingress) => verdict.pending.ingress?,
-            (true, Direction::Egress) => verdict.pending.egress?,
-        };
-        Some(compiled.reference(v.workload, direction, decision, staged))
-    };
     let mut check_ref =
         |label: &str, expected: &Option<String>, direction: Direction, staged: bool| {
             let Some(expected) = expected else { return };
-            match reference(direction, staged) {
+            match decided(compiled, verdict, direction, staged) {
                 Some(r) if r.answers_to(expected) => {}
                 Some(r) => out.push(format!("{label}: expected {expected}, decided by {r}")),
                 None => out.push(format!(

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{join, kubernetes, typed, FieldError};
+use super::{join, kubernetes, policy_types, typed, FieldError};
 use crate::model::{LABEL_NAME, LABEL_NAMESPACE, NAMESPACE_PREFIX, SERVICE_ACCOUNT_PREFIX};
 use crate::policy::{
     Action, EntityMatch, HttpMatch, IcmpMatch, PathMatch, Policy, PolicyKind, PolicyRef, PortMatch,
@@ -210,22 +210,7 @@ fn policy(kind: PolicyKind, value: Value) -> Result<Policy, FieldError> {
             (false, false) => (true, true),
             _ => (true, false),
         },
-        Some(types) => {
-            let mut out = (false, false);
-            for (i, t) in types.iter().enumerate() {
-                match t.as_str() {
-                    "Ingress" => out.0 = true,
-                    "Egress" => out.1 = true,
-                    other => {
-                        return Err(FieldError::new(
-                            format!("spec.types[{i}]"),
-                            format!("unknown policy type {other:?} (Ingress or Egress)"),
-                        ))
-                    }
-                }
-            }
-            out
-        }
+        Some(types) => policy_types(types, "spec.types")?,
     };
 
     let ns = namespace.as_deref();

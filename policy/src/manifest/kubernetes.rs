@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
-use super::{join, typed, FieldError};
+use super::{join, policy_types, typed, FieldError};
 use crate::model::{
     self, LabelMap, NamedPort, LABEL_NAMESPACE, LABEL_ORCHESTRATOR, NAMESPACE_PREFIX,
 };
@@ -154,22 +154,7 @@ fn convert(
     let has_egress_rules = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
     let (ingress_applies, egress_applies) = match spec.policy_types.as_deref() {
         None | Some([]) => (true, has_egress_rules),
-        Some(types) => {
-            let mut out = (false, false);
-            for (i, t) in types.iter().enumerate() {
-                match t.as_str() {
-                    "Ingress" => out.0 = true,
-                    "Egress" => out.1 = true,
-                    other => {
-                        return Err(FieldError::new(
-                            format!("spec.policyTypes[{i}]"),
-                            format!("unknown policy type {other:?} (Ingress or Egress)"),
-                        ))
-                    }
-                }
-            }
-            out
-        }
+        Some(types) => policy_types(types, "spec.policyTypes")?,
     };
 
     let mut ingress = Vec::new();

@@ -243,6 +243,24 @@ fn split_documents(file: &str, text: &str, errors: &mut Vec<LoadError>) -> Vec<(
     out
 }
 
+/// `types` / `policyTypes` as written: (ingress, egress).
+pub(crate) fn policy_types(types: &[String], at: &str) -> Result<(bool, bool), FieldError> {
+    let mut out = (false, false);
+    for (i, t) in types.iter().enumerate() {
+        match t.as_str() {
+            "Ingress" => out.0 = true,
+            "Egress" => out.1 = true,
+            other => {
+                return Err(FieldError::new(
+                    format!("{at}[{i}]"),
+                    format!("unknown policy type {other:?} (Ingress or Egress)"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `at` + `.field`, for building error paths.
 pub(crate) fn join(at: &str, field: &str) -> String {
     if at.is_empty() {
