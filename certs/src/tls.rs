@@ -1,0 +1,222 @@
+//! rustls configs for mesh mTLS: TLS 1.3 only, ALPN `palisade/1`, no session
+//! resumption (a resumed session would skip certificate checks, so trust that was
+//! removed could come back), and SPIFFE checks on the peer's leaf.
+//!
+//! - Server: a client certificate chaining to the bundle is required; the peer's
+//!   SPIFFE ID is read with [`peer_identity`] after the handshake.
+//! - Client: the server must chain to the bundle AND present the SPIFFE ID the caller
+//!   expected for that destination (secure naming).
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{verify_server_cert_signed_by_trust_anchor, Resumption};
+use rustls::crypto::{verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{NoServerSessionStorage, ParsedCertificate, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::bundle::{BundleError, TrustBundle};
+use crate::identity::IdentityStore;
+use crate::spiffe::SpiffeId;
+use crate::svid::{leaf_identity, SvidError};
+
+/// The ALPN protocol spoken between Palisade proxies.
+pub const ALPN: &[u8] = b"palisade/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("building the TLS config: {0}")]
+    Rustls(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn reject(e: SvidError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// The server side of mesh mTLS.
+pub fn server_config(
+    identity: Arc<IdentityStore>,
+    bundle: &TrustBundle,
+) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    let provider = provider();
+    let trust_domain = identity.current().identity.trust_domain().to_owned();
+    let webpki =
+        WebPkiClientVerifier::builder_with_provider(bundle.root_store()?, provider.clone())
+            .build()
+            .map_err(|e| TlsConfigError::Rustls(e.to_string()))?;
+    let verifier = Arc::new(SpiffeClientVerifier {
+        webpki,
+        trust_domain,
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsConfigError::Rustls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(identity);
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// The client side of mesh mTLS to a peer that must be `expected`.
+pub fn client_config(
+    identity: Arc<IdentityStore>,
+    bundle: &TrustBundle,
+    expected: SpiffeId,
+) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    let provider = provider();
+    let verifier = Arc::new(SpiffeServerVerifier {
+        roots: bundle.root_store()?,
+        algorithms: provider.signature_verification_algorithms,
+        expected,
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsConfigError::Rustls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(identity);
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.resumption = Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// The server name a client passes to rustls. The SPIFFE verifier ignores DNS names:
+/// the expected identity is in the client config.
+pub fn server_name() -> ServerName<'static> {
+    ServerName::try_from("palisade.mesh")
+        .unwrap_or(ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
+}
+
+/// The SPIFFE ID of a verified peer, from the certificates rustls kept.
+pub fn peer_identity(
+    peer: Option<&[CertificateDer<'_>]>,
+    trust_domain: &str,
+) -> Result<SpiffeId, SvidError> {
+    let leaf = peer
+        .and_then(<[_]>::first)
+        .ok_or(SvidError::UriSanCount(0))?;
+    leaf_identity(leaf, trust_domain)
+}
+
+#[derive(Debug)]
+struct SpiffeClientVerifier {
+    webpki: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Chain to the bundle, signatures, validity dates, EKU clientAuth.
+        self.webpki
+            .verify_client_cert(end_entity, intermediates, now)?;
+        leaf_identity(end_entity, &self.trust_domain).map_err(reject)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+    expected: SpiffeId,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // Chain to the bundle, signatures, validity dates, EKU serverAuth; no DNS name.
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let got = leaf_identity(end_entity, self.expected.trust_domain()).map_err(reject)?;
+        // Secure naming: the destination must be the identity we meant to reach.
+        if got != self.expected {
+            return Err(reject(SvidError::UnexpectedIdentity {
+                expected: self.expected.to_string(),
+                got: got.to_string(),
+            }));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
