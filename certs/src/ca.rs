@@ -105,9 +105,18 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Palisade");
+        // A name of its own per root: roots of two installations (or before and after a
+        // rotation) never share a subject, so webpki reports a foreign root as unknown.
+        let serial = random_serial();
+        let tag: String = serial
+            .to_bytes()
+            .iter()
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect();
         dn.push(
             DnType::CommonName,
-            format!("Palisade root CA for {}", config.trust_domain),
+            format!("Palisade root CA {tag} for {}", config.trust_domain),
         );
         params.distinguished_name = dn;
         // No intermediates: the root signs leaves directly.
@@ -120,7 +129,7 @@ impl CertificateAuthority {
         let now = OffsetDateTime::now_utc();
         params.not_before = now;
         params.not_after = now + ROOT_LIFETIME;
-        params.serial_number = Some(random_serial());
+        params.serial_number = Some(serial);
         let cert = params.self_signed(&key).map_err(CaError::Generate)?;
         let cert_pem = cert.pem();
         let cert = cert.der().clone();

@@ -9,7 +9,10 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::spiffe::{SpiffeId, SpiffeIdError};
 
 /// Why a peer's certificate is not an acceptable X.509-SVID.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+///
+/// `Debug` prints the message too: rustls shows a custom certificate error with
+/// `Debug` in its own message, and that is what operators read in logs.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SvidError {
     #[error("certificate does not parse: {0}")]
     Malformed(String),
@@ -29,6 +32,12 @@ pub enum SvidError {
     NoDigitalSignature,
     #[error("peer is {got}, but {expected} was expected")]
     UnexpectedIdentity { expected: String, got: String },
+}
+
+impl std::fmt::Debug for SvidError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// The SPIFFE ID in a leaf certificate that obeys the X.509-SVID rules for
