@@ -27,7 +27,10 @@ pub enum CredentialError {
     #[error("issued certificate is not a valid X.509-SVID: {0}")]
     Svid(#[from] SvidError),
     #[error("issued certificate is for {got}, but {expected} was requested")]
-    WrongIdentity { expected: SpiffeId, got: SpiffeId },
+    WrongIdentity {
+        expected: Box<SpiffeId>,
+        got: Box<SpiffeId>,
+    },
     #[error("issued certificate does not carry the key of the request")]
     WrongKey,
     #[error("the issuer refused: {0}")]
@@ -89,8 +92,8 @@ impl Credentials {
         let got = leaf_identity(leaf, trust_domain)?;
         if got != pending.identity {
             return Err(CredentialError::WrongIdentity {
-                expected: pending.identity,
-                got,
+                expected: Box::new(pending.identity),
+                got: Box::new(got),
             });
         }
         let (_, cert) =
@@ -151,8 +154,8 @@ impl IdentityStore {
         let current = self.current.load();
         if credentials.identity != current.identity {
             return Err(CredentialError::WrongIdentity {
-                expected: current.identity.clone(),
-                got: credentials.identity,
+                expected: Box::new(current.identity.clone()),
+                got: Box::new(credentials.identity),
             });
         }
         self.current.store(Arc::new(credentials));

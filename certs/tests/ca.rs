@@ -1,5 +1,7 @@
 //! The CA's issuance rules and its persisted root.
 
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // test code: a failure should stop loudly
+
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 

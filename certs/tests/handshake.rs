@@ -2,6 +2,8 @@
 //! refused, each with its reason. The side under test always uses Palisade's configs;
 //! the misbehaving peer is built with plain rustls and rcgen.
 
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // test code: a failure should stop loudly
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

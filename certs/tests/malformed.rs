@@ -1,6 +1,8 @@
 //! Untrusted bytes (CSRs from proxies, certificates from peers, SPIFFE IDs from
 //! anywhere) give an error, never a panic.
 
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // test code: a failure should stop loudly
+
 use palisade_certs::identity::request;
 use palisade_certs::svid::leaf_identity;
 use palisade_certs::{CaConfig, CertificateAuthority, SpiffeId};
