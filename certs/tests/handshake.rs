@@ -529,3 +529,57 @@ async fn renewal_swaps_the_certificate_for_new_connections_only() {
     fresh.flush().await.unwrap();
     assert_eq!(server_task.await.unwrap(), second);
 }
+
+#[tokio::test]
+async fn keep_renewed_renews_at_half_life_and_retries_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CaConfig {
+        max_lifetime: Duration::from_secs(2),
+        ..CaConfig::default()
+    };
+    let ca = Arc::new(CertificateAuthority::load_or_generate(config, dir.path()).unwrap());
+    let web = id("shop", "web");
+    let (pending, csr) = request(&web).unwrap();
+    let store = IdentityStore::new(
+        Credentials::new(pending, vec![ca.issue(&csr, &web, None).unwrap().der], TD).unwrap(),
+    );
+    let first = store.current().leaf().cloned();
+    assert!(!store.current().renewal_due(std::time::SystemTime::now()));
+
+    let results = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (log, issuer, calls) = (
+        results.clone(),
+        ca.clone(),
+        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    );
+    let task = tokio::spawn(store.clone().keep_renewed(
+        TD.to_owned(),
+        Duration::from_millis(100),
+        move |csr: &[u8]| {
+            // The CA is unreachable for the first attempt.
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                return Err("control plane unreachable".to_owned());
+            }
+            issuer
+                .issue(csr, &id("shop", "web"), None)
+                .map(|c| vec![c.der])
+                .map_err(|e| e.to_string())
+        },
+        move |r| log.lock().unwrap().push(r.is_ok()),
+    ));
+    // Half-life is 1 s; the failed try is retried 100 ms later.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    task.abort();
+    assert_eq!(
+        results.lock().unwrap().first(),
+        Some(&false),
+        "the first try failed"
+    );
+    assert!(
+        results.lock().unwrap().contains(&true),
+        "then it renewed: {:?}",
+        results.lock().unwrap()
+    );
+    assert_ne!(store.current().leaf().cloned(), first);
+    assert_eq!(store.current().identity, web);
+}
