@@ -46,6 +46,21 @@ pub struct PendingKey {
     key: KeyPair,
 }
 
+impl PendingKey {
+    /// The private key as PKCS#8 PEM, to store beside the certificate.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+}
+
+/// PEM text for certificates (a chain, leaf first).
+pub fn certificates_pem(chain: &[CertificateDer<'_>]) -> String {
+    chain
+        .iter()
+        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
+        .collect()
+}
+
 /// A CSR for `identity` with a fresh ECDSA P-256 key. The CA decides the identity
 /// it certifies; the one in the CSR is only a courtesy.
 pub fn request(identity: &SpiffeId) -> Result<(PendingKey, Vec<u8>), CredentialError> {
@@ -114,6 +129,28 @@ impl Credentials {
             not_after,
             certified,
         })
+    }
+
+    /// Credentials from PEM files (chain leaf first, PKCS#8 key): how a proxy run by
+    /// hand gets its identity. The leaf must be a valid X.509-SVID of `trust_domain`
+    /// and carry the key's public half.
+    pub fn from_pem(
+        chain_pem: &str,
+        key_pem: &str,
+        trust_domain: &str,
+    ) -> Result<Self, CredentialError> {
+        use rustls_pki_types::pem::PemObject;
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| CredentialError::Issuer(format!("certificate PEM: {e}")))?;
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(|e| CredentialError::Request(format!("key PEM: {e}")))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| CredentialError::Issuer("no certificate in the PEM".into()))?;
+        let identity = leaf_identity(leaf, trust_domain)?;
+        Credentials::new(PendingKey { identity, key }, chain, trust_domain)
     }
 
     /// Renew at half-life, as SPIRE and Istio do, so a late CA still leaves time.

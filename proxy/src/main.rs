@@ -1,0 +1,215 @@
+//! `palisade-proxy`: `init` and `cleanup` write and remove the interception rules;
+//! `run` is the proxy.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwapOption;
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+use palisade_policy::model::PodKey;
+use palisade_proxy::init::{Family, InitConfig};
+use palisade_proxy::{
+    admin, flow::FlowLog, inbound, metrics::Metrics, outbound, serve, state, Mode, Proxy,
+};
+use tokio::net::TcpListener;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "palisade-proxy",
+    version,
+    about = "Palisade's per-pod transparent proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write the iptables rules that send this network namespace's TCP through the proxy.
+    Init(InitArgs),
+    /// Remove exactly the rules `init` wrote.
+    Cleanup(FamilyArgs),
+    /// Run the proxy.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct FamilyArgs {
+    /// Leave IPv6 alone.
+    #[arg(long)]
+    no_ipv6: bool,
+}
+
+impl FamilyArgs {
+    fn families(&self) -> Vec<Family> {
+        if self.no_ipv6 {
+            vec![Family::V4]
+        } else {
+            vec![Family::V4, Family::V6]
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// The UID the proxy runs as; its own connections are not redirected.
+    #[arg(long, env = "PALISADE_PROXY_UID", default_value_t = 1337)]
+    proxy_uid: u32,
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    #[arg(long, value_delimiter = ',')]
+    exclude_inbound_ports: Vec<u16>,
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_ports: Vec<u16>,
+    #[arg(long, value_delimiter = ',')]
+    exclude_inbound_cidrs: Vec<IpNet>,
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_cidrs: Vec<IpNet>,
+    /// Print the iptables-restore input instead of applying it.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    families: FamilyArgs,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// State directory: identity.crt, identity.key, bundle.crt, manifests/.
+    #[arg(long, env = "PALISADE_STATE_DIR")]
+    state_dir: PathBuf,
+    /// This pod, NAMESPACE/NAME.
+    #[arg(long, env = "PALISADE_POD")]
+    pod: String,
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Admin port address (/live /ready /metrics /config).
+    #[arg(long, default_value = "127.0.0.1:15020")]
+    admin: SocketAddr,
+    #[arg(long, value_enum, default_value_t = Mode::Strict)]
+    mode: Mode,
+    /// Flow log: a file to append to, or - for stdout.
+    #[arg(long, default_value = "-")]
+    flow_log: String,
+    /// Seconds between interim records of a long flow.
+    #[arg(long, default_value_t = 10)]
+    flow_interval: u64,
+    #[arg(long, default_value_t = 5000)]
+    handshake_timeout_ms: u64,
+    #[arg(long, default_value_t = 5000)]
+    connect_timeout_ms: u64,
+    /// Connections handled at once per listener; more wait in the backlog.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Init(a) => {
+            let config = InitConfig {
+                proxy_uid: a.proxy_uid,
+                inbound_port: a.inbound_port,
+                outbound_port: a.outbound_port,
+                exclude_inbound_ports: a.exclude_inbound_ports,
+                exclude_outbound_ports: a.exclude_outbound_ports,
+                exclude_inbound_cidrs: a.exclude_inbound_cidrs,
+                exclude_outbound_cidrs: a.exclude_outbound_cidrs,
+            };
+            if a.dry_run {
+                for f in a.families.families() {
+                    print!("# {f:?}\n{}", palisade_proxy::init::render(&config, f));
+                }
+                return Ok(());
+            }
+            palisade_proxy::init::init(&config, &a.families.families())?;
+            Ok(())
+        }
+        Command::Cleanup(f) => {
+            palisade_proxy::init::cleanup(&f.families());
+            Ok(())
+        }
+        Command::Run(a) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(run(a)),
+    }
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        state_dir,
+        pod,
+        trust_domain,
+        inbound_port,
+        outbound_port,
+        admin: admin_addr,
+        mode,
+        flow_log,
+        flow_interval,
+        handshake_timeout_ms,
+        connect_timeout_ms,
+        max_connections,
+    } = a;
+    let pod =
+        PodKey::parse(&pod).with_context(|| format!("--pod {pod:?}: expected NAMESPACE/NAME"))?;
+    let shared: state::SharedState = Arc::new(ArcSwapOption::empty());
+    let _watcher = state::watch(state_dir.clone(), pod, trust_domain, shared.clone())
+        .with_context(|| format!("watching {}", state_dir.display()))?;
+    let proxy = Arc::new(Proxy {
+        state: shared,
+        metrics: Metrics::default(),
+        flows: FlowLog::start(&flow_log).with_context(|| format!("flow log {flow_log}"))?,
+        mode,
+        inbound_port,
+        outbound_port,
+        handshake_timeout: Duration::from_millis(handshake_timeout_ms),
+        connect_timeout: Duration::from_millis(connect_timeout_ms),
+        flow_interval: Duration::from_secs(flow_interval.max(1)),
+    });
+    let admin_listener = TcpListener::bind(admin_addr)
+        .await
+        .map_err(|e| admin::bind_error(admin_addr, e))?;
+    let inbound_listener = TcpListener::bind(("0.0.0.0", inbound_port))
+        .await
+        .context("inbound listener")?;
+    let outbound_listener = TcpListener::bind(("0.0.0.0", outbound_port))
+        .await
+        .context("outbound listener")?;
+    tracing::info!(inbound_port, outbound_port, %admin_addr, ?mode, "proxy listening");
+    let limit = |n| Arc::new(tokio::sync::Semaphore::new(n));
+    let p = proxy.clone();
+    let inbound = serve(inbound_listener, limit(max_connections), move |s, a| {
+        let p = p.clone();
+        async move { inbound::handle(&p, s, a).await }
+    });
+    let p = proxy.clone();
+    let outbound = serve(outbound_listener, limit(max_connections), move |s, a| {
+        let p = p.clone();
+        async move { outbound::handle(&p, s, a).await }
+    });
+    tokio::select! {
+        _ = inbound => {}
+        _ = outbound => {}
+        _ = admin::serve(proxy.clone(), admin_listener) => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! What the proxy enforces, as one immutable [`Snapshot`] behind an `ArcSwapOption`:
+//! a connection loads it once, lock-free, and uses that version to the end.
+//! `None` means nothing valid has loaded yet: every connection is denied (fail closed).
+//!
+//! File mode (until the control-plane stream exists, and afterwards for debugging a
+//! proxy by hand) reads a state directory:
+//! ```text
+//! DIR/identity.crt   this pod's X.509-SVID chain, leaf first (PEM)
+//! DIR/identity.key   its PKCS#8 key (PEM)
+//! DIR/bundle.crt     trusted roots (PEM, one or more)
+//! DIR/manifests/     Namespaces, Pods (status.podIP), ServiceAccounts, policies, tiers
+//! ```
+//! The policy is compiled here with the same `policy` crate the CLI uses. A change to
+//! any file reloads the whole snapshot aside and swaps it in; a snapshot that fails to
+//! load changes nothing (the last good one stays in force).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use palisade_certs::tls::{client_config, server_config};
+use palisade_certs::{Credentials, IdentityStore, SpiffeId, TrustBundle};
+use palisade_policy::model::PodKey;
+use palisade_policy::{CompiledCluster, Manifests, WorkloadId};
+use rustls::{ClientConfig, ServerConfig};
+
+pub type SharedState = Arc<ArcSwapOption<Snapshot>>;
+
+/// Everything one connection needs to be decided and secured.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub pod: PodKey,
+    pub workload: WorkloadId,
+    pub policy: CompiledCluster,
+    pub trust_domain: String,
+    pub identity: Arc<IdentityStore>,
+    pub server_tls: Arc<ServerConfig>,
+    /// One client config per mesh identity, built at load so the data path never
+    /// builds one (or takes a lock to cache one).
+    client_tls: HashMap<SpiffeId, Arc<ClientConfig>>,
+    /// Objects skipped at load, for /config.
+    pub skipped: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("pod {0} is not in the manifests (a Pod with status.podIP)")]
+    UnknownPod(PodKey),
+    #[error("identity {got} does not belong to pod {pod} (expected {expected})")]
+    IdentityMismatch {
+        pod: PodKey,
+        expected: String,
+        got: String,
+    },
+}
+
+fn read(path: &Path) -> Result<String, StateError> {
+    std::fs::read_to_string(path).map_err(|e| StateError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+impl Snapshot {
+    pub fn load(
+        dir: &Path,
+        pod: &PodKey,
+        trust_domain: &str,
+        version: u64,
+    ) -> Result<Snapshot, StateError> {
+        let file_error = |path: &Path, message: String| StateError::File {
+            path: path.to_owned(),
+            message,
+        };
+        let (crt, key, bundle_path) = (
+            dir.join("identity.crt"),
+            dir.join("identity.key"),
+            dir.join("bundle.crt"),
+        );
+        let credentials = Credentials::from_pem(&read(&crt)?, &read(&key)?, trust_domain)
+            .map_err(|e| file_error(&crt, e.to_string()))?;
+        let bundle_pem = read(&bundle_path)?;
+        let roots = rustls_pem_certs(&bundle_pem).map_err(|e| file_error(&bundle_path, e))?;
+        let bundle = TrustBundle::new(roots);
+
+        let mut manifests = Manifests::default();
+        let mut skipped = Vec::new();
+        let manifest_dir = dir.join("manifests");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&manifest_dir)
+            .map_err(|e| file_error(&manifest_dir, e.to_string()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            let text = read(&file)?;
+            skipped.extend(
+                manifests
+                    .load_str(&file.display().to_string(), &text)
+                    .into_iter()
+                    .map(|e| e.to_string()),
+            );
+        }
+        let (policy, errors) = CompiledCluster::new(&manifests);
+        skipped.extend(errors.into_iter().map(|e| e.to_string()));
+
+        let workload = policy
+            .workload_by_key(pod)
+            .ok_or_else(|| StateError::UnknownPod(pod.clone()))?;
+        let expected = policy.workload(workload).and_then(|w| {
+            SpiffeId::new(trust_domain, &w.pod.namespace, &w.pod.service_account).ok()
+        });
+        if expected.as_ref() != Some(&credentials.identity) {
+            return Err(StateError::IdentityMismatch {
+                pod: pod.clone(),
+                expected: expected.map(|e| e.to_string()).unwrap_or_default(),
+                got: credentials.identity.to_string(),
+            });
+        }
+        let identity = IdentityStore::new(credentials);
+        let server_tls = server_config(identity.clone(), &bundle)
+            .map_err(|e| file_error(&bundle_path, e.to_string()))?;
+        let mut client_tls = HashMap::new();
+        for (_, w) in policy.workloads() {
+            let Ok(id) = SpiffeId::new(trust_domain, &w.pod.namespace, &w.pod.service_account)
+            else {
+                continue;
+            };
+            if !client_tls.contains_key(&id) {
+                let config = client_config(identity.clone(), &bundle, id.clone())
+                    .map_err(|e| file_error(&bundle_path, e.to_string()))?;
+                client_tls.insert(id, config);
+            }
+        }
+        Ok(Snapshot {
+            version,
+            pod: pod.clone(),
+            workload,
+            policy,
+            trust_domain: trust_domain.to_owned(),
+            identity,
+            server_tls,
+            client_tls,
+            skipped,
+        })
+    }
+
+    /// The mesh identity of a workload: its namespace and service account.
+    pub fn identity_of(&self, w: WorkloadId) -> Option<SpiffeId> {
+        let pod = &self.policy.workload(w)?.pod;
+        SpiffeId::new(&self.trust_domain, &pod.namespace, &pod.service_account).ok()
+    }
+
+    pub fn client_tls(&self, id: &SpiffeId) -> Option<Arc<ClientConfig>> {
+        self.client_tls.get(id).cloned()
+    }
+}
+
+fn rustls_pem_certs(pem: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no certificate in the bundle".into());
+    }
+    Ok(certs)
+}
+
+/// Loads the state directory now and again whenever a file in it changes. Returns
+/// the watcher, which must be kept alive.
+pub fn watch(
+    dir: PathBuf,
+    pod: PodKey,
+    trust_domain: String,
+    state: SharedState,
+) -> Result<notify::RecommendedWatcher, notify::Error> {
+    use notify::Watcher;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
+    let reload = move |version: u64| match Snapshot::load(&dir, &pod, &trust_domain, version) {
+        Ok(snapshot) => {
+            for skipped in &snapshot.skipped {
+                tracing::warn!(error = %skipped, "manifest object skipped");
+            }
+            tracing::info!(version, "state loaded");
+            state.store(Some(Arc::new(snapshot)));
+        }
+        // The last good snapshot (or none: fail closed) stays in force.
+        Err(e) => tracing::error!(error = %e, "state not loaded; keeping what was in force"),
+    };
+    reload(1);
+    tokio::spawn(async move {
+        let mut version = 1;
+        while rx.recv().await.is_some() {
+            // Let a burst of writes settle, then load once.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while rx.try_recv().is_ok() {}
+            version += 1;
+            reload(version);
+        }
+    });
+    Ok(watcher)
+}
