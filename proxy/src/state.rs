@@ -135,10 +135,10 @@ impl Snapshot {
             else {
                 continue;
             };
-            if !client_tls.contains_key(&id) {
-                let config = client_config(identity.clone(), &bundle, id.clone())
+            if let std::collections::hash_map::Entry::Vacant(slot) = client_tls.entry(id) {
+                let config = client_config(identity.clone(), &bundle, slot.key().clone())
                     .map_err(|e| file_error(&bundle_path, e.to_string()))?;
-                client_tls.insert(id, config);
+                slot.insert(config);
             }
         }
         Ok(Snapshot {
