@@ -246,15 +246,21 @@ pub async fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-/// Connects with a deadline.
+/// Connects with a deadline. No Nagle: the proxy forwards what it gets at once, and
+/// a small record written right after the TLS handshake flight must not wait for
+/// the peer's delayed ACK (that cost 40 ms per new connection).
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connect timed out",
-        )),
-    }
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// Closes a stream politely (FIN), ignoring errors.

@@ -78,6 +78,7 @@ pub async fn handle(proxy: &Proxy, peer: TcpStream, peer_addr: SocketAddr) {
         return forward_to_app(proxy, conn, peer, destination).await;
     }
 
+    let t0 = std::time::Instant::now();
     let accept = TlsAcceptor::from(snapshot.server_tls.clone()).accept(peer);
     let tls = match tokio::time::timeout(proxy.handshake_timeout, accept).await {
         Ok(Ok(tls)) => tls,
@@ -90,6 +91,10 @@ pub async fn handle(proxy: &Proxy, peer: TcpStream, peer_addr: SocketAddr) {
             return proxy.deny(&conn, Some("mTLS handshake timed out".into()));
         }
     };
+    tracing::debug!(
+        handshake_us = t0.elapsed().as_micros() as u64,
+        "mTLS accepted"
+    );
     let (_, session) = tls.get_ref();
     if session.alpn_protocol() != Some(palisade_certs::tls::ALPN) {
         proxy.deny(&conn, Some("peer did not speak palisade/1".into()));
@@ -137,8 +142,15 @@ async fn forward_to_app<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let t0 = std::time::Instant::now();
     match connect(destination, proxy.connect_timeout).await {
-        Ok(app) => proxy.relay(conn, peer, app).await,
+        Ok(app) => {
+            tracing::debug!(
+                app_connect_us = t0.elapsed().as_micros() as u64,
+                "app connected"
+            );
+            proxy.relay(conn, peer, app).await
+        }
         Err(e) => {
             proxy.deny(
                 &conn,

@@ -50,6 +50,7 @@ pub async fn handle(proxy: &Proxy, app: TcpStream, app_addr: SocketAddr) {
         return reset(app).await;
     }
 
+    let t0 = std::time::Instant::now();
     let upstream = match connect(destination, proxy.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
@@ -73,6 +74,7 @@ pub async fn handle(proxy: &Proxy, app: TcpStream, app_addr: SocketAddr) {
     let handshake = TlsConnector::from(tls).connect(palisade_certs::tls::server_name(), upstream);
     match tokio::time::timeout(proxy.handshake_timeout, handshake).await {
         Ok(Ok(stream)) => {
+            tracing::debug!(connect_and_handshake_us = t0.elapsed().as_micros() as u64, peer = %expected, "mTLS up");
             conn.tls_peer = Some(expected.to_string());
             proxy.relay(conn, app, stream).await;
         }

@@ -187,7 +187,9 @@ pub fn watch(
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Only changes: reading the files during a reload raises access events,
+        // which must not trigger another reload.
+        if event.is_ok_and(|e| e.kind.is_modify() || e.kind.is_create() || e.kind.is_remove()) {
             let _ = tx.send(());
         }
     })?;

@@ -26,6 +26,20 @@ use palisade_certs::identity::{certificates_pem, request};
 use palisade_certs::{CaConfig, CertificateAuthority, SpiffeId};
 
 pub const PROXY_UID: u32 = 1337;
+
+/// The proxy binary: cargo names it for tests; an example finds it beside itself.
+pub fn proxy_bin() -> String {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_palisade-proxy") {
+        return p.to_owned();
+    }
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("palisade-proxy")
+        .display()
+        .to_string()
+}
 static WORLDS: AtomicUsize = AtomicUsize::new(0);
 
 pub fn sh(args: &[&str]) {
@@ -265,14 +279,8 @@ impl World {
 
     /// `palisade-proxy init` in the host's namespace, as root.
     pub fn init(&self, host: usize, extra: &[&str]) {
-        let mut args = vec![
-            "ip",
-            "netns",
-            "exec",
-            self.ns(host),
-            env!("CARGO_BIN_EXE_palisade-proxy"),
-            "init",
-        ];
+        let bin = proxy_bin();
+        let mut args = vec!["ip", "netns", "exec", self.ns(host), bin.as_str(), "init"];
         args.extend_from_slice(extra);
         sh(&args);
     }
@@ -290,7 +298,7 @@ impl World {
             "--regid=1337",
             "--clear-groups",
         ])
-        .arg(env!("CARGO_BIN_EXE_palisade-proxy"))
+        .arg(proxy_bin())
         .args(["run", "--pod", pod, "--state-dir"])
         .arg(&h.state_dir)
         .arg("--flow-log")
