@@ -194,7 +194,11 @@ fn main() {
         rows.push((name, d, p, cpu));
     }
     let peak = proxy_usage(&w);
-    let _ = nginx.kill();
+    // SIGTERM, not SIGKILL: the master must take its worker down with it (a killed
+    // master leaves an orphan worker holding the bench's stdout open).
+    let _ = Command::new("kill")
+        .args(["-TERM", &nginx.id().to_string()])
+        .status();
     let _ = nginx.wait();
 
     println!("\n| load | direct req/s | proxied req/s | ratio | direct p50 / p99 ms | proxied p50 / p99 ms | added p50 / p99 ms | proxy CPU s (both) |");

@@ -111,6 +111,10 @@ struct RunArgs {
     /// Connections handled at once per listener; more wait in the backlog.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Worker threads. 1 runs everything on one thread (no cross-thread wake-ups),
+    /// which is what a sidecar sharing its pod's CPU usually wants.
+    #[arg(long, env = "PALISADE_PROXY_THREADS", default_value_t = 1)]
+    threads: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -145,11 +149,19 @@ fn main() -> anyhow::Result<()> {
             palisade_proxy::init::cleanup(&f.families());
             Ok(())
         }
-        Command::Run(a) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?
-            .block_on(run(a)),
+        Command::Run(a) => {
+            let runtime = if a.threads <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(a.threads)
+                    .enable_all()
+                    .build()?
+            };
+            runtime.block_on(run(a))
+        }
     }
 }
 
@@ -167,6 +179,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         handshake_timeout_ms,
         connect_timeout_ms,
         max_connections,
+        threads: _,
     } = a;
     let pod =
         PodKey::parse(&pod).with_context(|| format!("--pod {pod:?}: expected NAMESPACE/NAME"))?;
@@ -187,29 +200,57 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(admin_addr)
         .await
         .map_err(|e| admin::bind_error(admin_addr, e))?;
-    let inbound_listener = TcpListener::bind(("0.0.0.0", inbound_port))
-        .await
-        .context("inbound listener")?;
-    let outbound_listener = TcpListener::bind(("0.0.0.0", outbound_port))
+    let inbound_listeners = listeners(inbound_port).await.context("inbound listener")?;
+    let outbound_listeners = listeners(outbound_port)
         .await
         .context("outbound listener")?;
     tracing::info!(inbound_port, outbound_port, %admin_addr, ?mode, "proxy listening");
-    let limit = |n| Arc::new(tokio::sync::Semaphore::new(n));
-    let p = proxy.clone();
-    let inbound = serve(inbound_listener, limit(max_connections), move |s, a| {
-        let p = p.clone();
-        async move { inbound::handle(&p, s, a).await }
-    });
-    let p = proxy.clone();
-    let outbound = serve(outbound_listener, limit(max_connections), move |s, a| {
-        let p = p.clone();
-        async move { outbound::handle(&p, s, a).await }
-    });
+    let mut tasks = tokio::task::JoinSet::new();
+    // One bound per direction, shared by its IPv4 and IPv6 listener.
+    let (inbound_limit, outbound_limit) = (
+        Arc::new(tokio::sync::Semaphore::new(max_connections)),
+        Arc::new(tokio::sync::Semaphore::new(max_connections)),
+    );
+    for listener in inbound_listeners {
+        let p = proxy.clone();
+        tasks.spawn(serve(listener, inbound_limit.clone(), move |s, a| {
+            let p = p.clone();
+            async move { inbound::handle(&p, s, a).await }
+        }));
+    }
+    for listener in outbound_listeners {
+        let p = proxy.clone();
+        tasks.spawn(serve(listener, outbound_limit.clone(), move |s, a| {
+            let p = p.clone();
+            async move { outbound::handle(&p, s, a).await }
+        }));
+    }
     tokio::select! {
-        _ = inbound => {}
-        _ = outbound => {}
+        _ = tasks.join_next() => {}
         _ = admin::serve(proxy.clone(), admin_listener) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
     }
     Ok(())
+}
+
+/// 0.0.0.0:port and, when the namespace has IPv6, [::]:port (IPv6 only, so the two
+/// do not collide and each connection's original destination is read in its family).
+async fn listeners(port: u16) -> anyhow::Result<Vec<TcpListener>> {
+    let v4 = TcpListener::bind(("0.0.0.0", port))
+        .await
+        .with_context(|| format!("0.0.0.0:{port}"))?;
+    let v6 = async {
+        let socket = tokio::net::TcpSocket::new_v6()?;
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv6V6Only, &true)?;
+        socket.set_reuseaddr(true)?;
+        socket.bind((std::net::Ipv6Addr::UNSPECIFIED, port).into())?;
+        socket.listen(1024)
+    };
+    match v6.await {
+        Ok(v6) => Ok(vec![v4, v6]),
+        Err(e) => {
+            tracing::warn!(port, error = %e, "no IPv6 listener (IPv6 disabled here?)");
+            Ok(vec![v4])
+        }
+    }
 }

@@ -194,8 +194,11 @@ pub fn watch(
         }
     })?;
     watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
-    let reload = move |version: u64| match Snapshot::load(&dir, &pod, &trust_domain, version) {
+    // Versions count snapshots put in force, not attempts.
+    let mut version = 0;
+    let mut reload = move || match Snapshot::load(&dir, &pod, &trust_domain, version + 1) {
         Ok(snapshot) => {
+            version += 1;
             for skipped in &snapshot.skipped {
                 tracing::warn!(error = %skipped, "manifest object skipped");
             }
@@ -205,15 +208,13 @@ pub fn watch(
         // The last good snapshot (or none: fail closed) stays in force.
         Err(e) => tracing::error!(error = %e, "state not loaded; keeping what was in force"),
     };
-    reload(1);
+    reload();
     tokio::spawn(async move {
-        let mut version = 1;
         while rx.recv().await.is_some() {
             // Let a burst of writes settle, then load once.
             tokio::time::sleep(Duration::from_millis(100)).await;
             while rx.try_recv().is_ok() {}
-            version += 1;
-            reload(version);
+            reload();
         }
     });
     Ok(watcher)

@@ -493,3 +493,124 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
             .supported_schemes()
     }
 }
+
+/// The state version the proxy's /ready reports.
+fn state_version(w: &World, host: usize) -> Option<u64> {
+    let ready = support::admin_get(w.ns(host), "/ready")?;
+    ready.trim_end().rsplit(' ').next()?.parse().ok()
+}
+
+/// Polls the proxy's /ready until it reports state version `version` or later.
+fn wait_for_version(w: &World, host: usize, version: u64) {
+    for _ in 0..100 {
+        if state_version(w, host).is_some_and(|v| v >= version) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{} never reached state version {version}; /ready says {:?}",
+        w.ns(host),
+        support::admin_get(w.ns(host), "/ready")
+    );
+}
+
+#[test]
+fn state_files_reload_on_change_and_a_bad_state_keeps_the_last_good() {
+    let w = mesh(&[]);
+    let server_app = echo_server(w.ns(SERVER), w.addr(SERVER, 8080));
+    assert_eq!(
+        talk(w.ns(CLIENT), w.addr(SERVER, 8080), b"v1").unwrap(),
+        b"v1"
+    );
+    wait_for_version(&w, CLIENT, 1);
+    let dir = w.hosts[CLIENT].state_dir.clone();
+
+    // A certificate file that does not parse: nothing reloads, the policy in force
+    // still allows, and the log names the file.
+    let good_crt = std::fs::read(dir.join("identity.crt")).unwrap();
+    std::fs::write(
+        dir.join("identity.crt"),
+        b"-----BEGIN CERTIFICATE-----\ngarbage\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(state_version(&w, CLIENT), Some(1));
+    assert_eq!(
+        talk(w.ns(CLIENT), w.addr(SERVER, 8080), b"still v1").unwrap(),
+        b"still v1"
+    );
+    let log = w.proxy_log(CLIENT);
+    assert!(
+        log.contains("state not loaded") && log.contains("identity.crt"),
+        "{log}"
+    );
+
+    // The certificate restored and the egress rule moved to another port, written as
+    // an operator would (temporary file, then rename): the next connection is denied
+    // by the new version.
+    std::fs::write(dir.join("identity.crt"), good_crt).unwrap();
+    let edited = MANIFESTS.replacen(
+        "destination: {selector: app == 'server', ports: [8080]}",
+        "destination: {selector: app == 'server', ports: [9090]}",
+        1,
+    );
+    assert_ne!(edited, MANIFESTS);
+    let tmp = dir.join("manifests/.cluster.yaml.tmp");
+    std::fs::write(&tmp, edited).unwrap();
+    std::os::unix::fs::chown(&tmp, Some(1337), Some(1337)).unwrap();
+    std::fs::rename(&tmp, dir.join("manifests/cluster.yaml")).unwrap();
+    wait_for_version(&w, CLIENT, 2);
+    let r = talk(w.ns(CLIENT), w.addr(SERVER, 8080), b"v2");
+    assert!(r.as_ref().map_or(true, |b| b.is_empty()), "{r:?}");
+    let rec = w.flow(CLIENT, |r| {
+        r["destination"]["pod"] == "server" && r["action"] == "deny"
+    });
+    assert_eq!(rec["policies"]["egress"], "end-of-tier/default");
+    assert_eq!(
+        wait_for(&server_app, 2),
+        vec![b"v1".to_vec(), b"still v1".to_vec()]
+    );
+}
+
+#[test]
+fn ipv6_pods_are_meshed_and_enforced_like_ipv4_ones() {
+    let manifests = MANIFESTS
+        .replace("podIP: 10.211.0.2", "podIP: 'fd00:211::2'")
+        .replace("podIP: 10.211.0.3", "podIP: 'fd00:211::3'")
+        .replace("podIP: 10.211.0.4", "podIP: 'fd00:211::4'");
+    let mut w = World::new();
+    for (name, ip, sa) in [
+        ("client", "fd00:211::2", "client"),
+        ("server", "fd00:211::3", "server"),
+        ("intruder", "fd00:211::4", "intruder"),
+    ] {
+        let h = w.add_host(name, ip);
+        w.write_state(h, "shop", sa, &manifests);
+        w.init(h, &[]);
+    }
+    w.start_proxy(CLIENT, "shop/client", &[]);
+    w.start_proxy(SERVER, "shop/server", &[]);
+    w.start_proxy(INTRUDER, "shop/intruder", &[]);
+    let server_app = echo_server(w.ns(SERVER), w.addr(SERVER, 8080));
+
+    // Through both proxies over IPv6 (IP6T_SO_ORIGINAL_DST on both sides).
+    assert_eq!(
+        talk(w.ns(CLIENT), w.addr(SERVER, 8080), b"hello v6").unwrap(),
+        b"hello v6"
+    );
+    let dst = w.flow(SERVER, |r| r["source"]["pod"] == "client");
+    assert_eq!(
+        (dst["action"].as_str(), dst["policies"]["ingress"].as_str()),
+        (Some("allow"), Some("cnp/shop/server-ingress:0"))
+    );
+    assert_eq!(dst["source"]["ip"], "fd00:211::2");
+    assert_eq!(dst["tls_peer"], "spiffe://cluster.local/ns/shop/sa/client");
+
+    // Denied at the server's ingress.
+    let r = talk(w.ns(INTRUDER), w.addr(SERVER, 8080), b"v6 intruder");
+    assert!(r.as_ref().map_or(true, |b| b.is_empty()), "{r:?}");
+    let rec = w.flow(SERVER, |r| r["source"]["pod"] == "intruder");
+    assert_eq!(rec["action"], "deny");
+    assert_eq!(wait_for(&server_app, 1), vec![b"hello v6".to_vec()]);
+}

@@ -185,7 +185,8 @@ impl World {
         world
     }
 
-    /// A host on the bridge with `ip`/24. `name` is how tests refer to it.
+    /// A host on the bridge with `ip`/24 (or /64 for IPv6). `name` is how tests
+    /// refer to it.
     pub fn add_host(&mut self, name: &str, ip: &str) -> usize {
         let ns = format!("{}-{name}", self.tag);
         sh(&["ip", "netns", "add", &ns]);
@@ -217,16 +218,24 @@ impl World {
             "br0",
             "up",
         ]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            "eth0",
-        ]);
+        if ip.contains(':') {
+            // nodad: usable at once, not after duplicate address detection.
+            let cidr = format!("{ip}/64");
+            sh(&[
+                "ip", "-n", &ns, "addr", "add", &cidr, "dev", "eth0", "nodad",
+            ]);
+        } else {
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ]);
+        }
         sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
         sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         let state_dir = self.dir.path().join(name);
@@ -247,7 +256,7 @@ impl World {
     }
 
     pub fn addr(&self, host: usize, port: u16) -> SocketAddr {
-        format!("{}:{port}", self.hosts[host].ip).parse().unwrap()
+        SocketAddr::new(self.hosts[host].ip.parse().unwrap(), port)
     }
 
     /// Writes the host's identity (for `spiffe://cluster.local/ns/<ns>/sa/<sa>`), the
