@@ -312,3 +312,58 @@ fn a_bad_manifest_is_reported_and_the_rest_still_loads() {
         "the good objects still decide"
     );
 }
+
+#[test]
+fn explain_matches_the_canonical_path_and_reports_refused_targets() {
+    let dir = tempdir();
+    let manifests = write(
+        dir.path(),
+        "m.yaml",
+        "
+apiVersion: v1
+kind: Namespace
+metadata: {name: web}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: web, labels: {app: a}}
+status: {podIP: 10.9.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: web, labels: {app: b}}
+status: {podIP: 10.9.0.2}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: public-only, namespace: web}
+spec:
+  selector: app == 'b'
+  ingress:
+    - action: Allow
+      protocol: TCP
+      http: {methods: [GET], paths: [{exact: /public}]}
+",
+    );
+    let explain = |path: &str| {
+        let o = palisade(&[
+            "explain", "-f", &manifests, "--from", "web/a", "--to", "web/b", "--port", "80",
+            "--method", "GET", "--path", path, "-o", "json",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    // Spelled differently, the same resource: allowed by the rule.
+    for path in ["/public", "/x/../public", "//public?q=1", "/%70ublic#frag"] {
+        let v = explain(path);
+        assert_eq!(v["allowed"], true, "{path}: {v}");
+        assert_eq!(v["ingress"]["decided_by"], "cnp/web/public-only:0", "{path}");
+    }
+    assert_eq!(explain("/private")["allowed"], false);
+    let v = explain("/public%2f..%2fadmin");
+    assert_eq!(v["http"]["refused"]["status"], 400, "{v}");
+    assert_eq!(
+        v["http"]["refused"]["reason"],
+        "encoded slash (%2F) in the path"
+    );
+}

@@ -405,10 +405,23 @@ pub fn evaluate(compiled: &CompiledCluster, e: &Expectation) -> Result<Verdict, 
     let icmp = protocol
         .is_icmp()
         .then(|| e.icmp.map_or((8, 0), |i| (i.kind, i.code)));
-    let http = e.http.as_ref().map(|h| HttpRequest {
-        method: &h.method,
-        path: &h.path,
-    });
+    // Matched as the proxy matches it: on the canonical path.
+    let canonical = match &e.http {
+        Some(h) => Some(
+            crate::http::parse_target(&h.path)
+                .map_err(|why| format!("http.path {:?}: {why}", h.path))?
+                .path,
+        ),
+        None => None,
+    };
+    let http = e
+        .http
+        .as_ref()
+        .zip(canonical.as_deref())
+        .map(|(h, path)| HttpRequest {
+            method: &h.method,
+            path,
+        });
     Ok(compiled.evaluate(&Flow {
         source,
         destination,

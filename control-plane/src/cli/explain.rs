@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 use clap::Args;
 use palisade_policy::explain::{DirectionExplanation, Explanation};
+use palisade_policy::http::parse_target;
 use palisade_policy::scenario::resolve_pair;
 use palisade_policy::{CompiledCluster, Endpoint, Flow, HttpRequest, Protocol};
 use serde::Serialize;
@@ -63,7 +64,28 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let icmp = protocol
         .is_icmp()
         .then(|| (args.icmp_type.unwrap_or(8), args.icmp_code));
-    let http = match (&args.method, &args.path) {
+    // The proxy matches the canonical path; so does explain. A target the proxy
+    // refuses with 400 never reaches policy, and that is the answer.
+    let canonical = match args.path.as_deref().map(parse_target).transpose() {
+        Ok(target) => target.map(|t| t.path),
+        Err(why) => {
+            let path = args.path.as_deref().unwrap_or_default();
+            match args.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"from": args.from, "to": args.to, "port": args.port,
+                        "http": {"method": args.method, "path": path,
+                                 "refused": {"status": 400, "reason": why.to_string()}}})
+                ),
+                Output::Text => println!(
+                    "{} {path:?}: refused before policy, 400 Bad Request: {why}",
+                    args.method.as_deref().unwrap_or_default()
+                ),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let http = match (&args.method, &canonical) {
         (Some(method), Some(path)) => Some(HttpRequest { method, path }),
         _ => None,
     };

@@ -1,12 +1,16 @@
 //! HTTP requests as the evaluator sees them, and Calico's `HTTPMatch`.
 
+pub mod target;
+
+pub use target::{normalize_path, parse_target, RequestTarget, TargetError};
+
 use crate::policy::{HttpMatch, PathMatch};
 
 /// One HTTP request: its method and its request path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpRequest<'a> {
     pub method: &'a str,
-    /// The path as sent; query and fragment are ignored for matching.
+    /// The canonical path ([`parse_target`]); a query or fragment left in is ignored.
     pub path: &'a str,
 }
 
@@ -34,3 +38,7 @@ pub fn match_path(target: &str) -> &str {
     let end = target.find(['?', '#']).unwrap_or(target.len());
     target.get(..end).unwrap_or(target)
 }
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
