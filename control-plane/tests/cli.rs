@@ -357,7 +357,10 @@ spec:
     for path in ["/public", "/x/../public", "//public?q=1", "/%70ublic#frag"] {
         let v = explain(path);
         assert_eq!(v["allowed"], true, "{path}: {v}");
-        assert_eq!(v["ingress"]["decided_by"], "cnp/web/public-only:0", "{path}");
+        assert_eq!(
+            v["ingress"]["decided_by"], "cnp/web/public-only:0",
+            "{path}"
+        );
     }
     assert_eq!(explain("/private")["allowed"], false);
     let v = explain("/public%2f..%2fadmin");

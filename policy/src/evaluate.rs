@@ -80,6 +80,58 @@ impl CompiledCluster {
         self.evaluate_traced(flow, &mut NoTrace)
     }
 
+    /// Whether an HTTP clause takes part in `direction`'s verdict for this connection
+    /// (`flow.http` is ignored): some rule reached by the L4 walk matched on its other
+    /// criteria and carries `http`. If none does, a request cannot change the walk (an
+    /// `http` clause only narrows a rule), so every request on the connection gets the
+    /// connection's verdict and the proxy need not parse HTTP. If one does, the
+    /// connection's L4 verdict means nothing (Felix ignores `http`) and each request
+    /// must be decided on its own.
+    pub fn depends_on_http(&self, flow: &Flow<'_>, direction: Direction) -> bool {
+        struct HttpRuleReached<'c> {
+            cluster: &'c CompiledCluster,
+            direction: Direction,
+            reached: bool,
+        }
+        impl Trace for HttpRuleReached<'_> {
+            fn rule(&mut self, policy: PolicyId, rule: u32, matched: bool) {
+                let has_http = || {
+                    self.cluster.policy(policy).is_some_and(|p| {
+                        p.rules(self.direction)
+                            .get(rule as usize)
+                            .is_some_and(|r| r.rule.http.is_some())
+                    })
+                };
+                self.reached |= matched && has_http();
+            }
+        }
+        let workload = match direction {
+            Direction::Egress => flow.source.workload,
+            Direction::Ingress => flow.destination.workload,
+        };
+        let Some(w) = workload else {
+            return false;
+        };
+        let l4 = Flow {
+            http: None,
+            ..*flow
+        };
+        let mut trace = HttpRuleReached {
+            cluster: self,
+            direction,
+            reached: false,
+        };
+        self.decide(
+            w,
+            direction,
+            &l4,
+            Mode::Enforced,
+            &mut Vec::new(),
+            &mut trace,
+        );
+        trace.reached
+    }
+
     /// [`evaluate`](Self::evaluate), reporting every step to `trace`.
     pub fn evaluate_traced(&self, flow: &Flow<'_>, trace: &mut impl Trace) -> Verdict {
         let egress = flow

@@ -92,3 +92,65 @@ proptest::proptest! {
         }
     }
 }
+
+mod depends_on_http {
+    use crate::{CompiledCluster, Direction, Flow, Manifests, Protocol};
+
+    const CLUSTER: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: web, labels: {app: a}}
+status: {podIP: 10.9.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: web, labels: {app: b}}
+status: {podIP: 10.9.0.2}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: b-in, namespace: web}
+spec:
+  selector: app == 'b'
+  order: 10
+  ingress:
+    - action: Allow
+      protocol: TCP
+      destination: {ports: [22]}
+    - action: Allow
+      protocol: TCP
+      source: {selector: app == 'a'}
+      destination: {ports: [80]}
+      http: {methods: [GET]}
+    - action: Allow
+      protocol: TCP
+      destination: {ports: [80, 8080]}
+";
+
+    fn depends(port: u16, direction: Direction) -> bool {
+        let mut m = Manifests::default();
+        assert!(m.load_str("c.yaml", CLUSTER).is_empty());
+        let (c, errors) = CompiledCluster::new(&m);
+        assert!(errors.is_empty(), "{errors:?}");
+        let flow = Flow {
+            source: c.endpoint("10.9.0.1".parse().unwrap()),
+            destination: c.endpoint("10.9.0.2".parse().unwrap()),
+            protocol: Protocol::TCP,
+            port: Some(port),
+            icmp: None,
+            http: None,
+        };
+        c.depends_on_http(&flow, direction)
+    }
+
+    #[test]
+    fn only_where_an_http_rule_is_reached() {
+        // Port 80: the http rule matches on L4 before anything decides.
+        assert!(depends(80, Direction::Ingress));
+        // Port 22: decided by rule 0 before the http rule; 8080: the http rule's
+        // port does not match; egress at a: no policy there at all.
+        assert!(!depends(22, Direction::Ingress));
+        assert!(!depends(8080, Direction::Ingress));
+        assert!(!depends(80, Direction::Egress));
+    }
+}
