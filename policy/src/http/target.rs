@@ -123,12 +123,9 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789ABCDEF";
-
 fn push_escaped(out: &mut String, b: u8) {
-    out.push('%');
-    out.push(char::from(HEX[usize::from(b >> 4)]));
-    out.push(char::from(HEX[usize::from(b & 0xf)]));
+    use std::fmt::Write;
+    let _ = write!(out, "%{b:02X}");
 }
 
 /// Decodes escapes of unreserved characters, upper-cases the others, encodes raw
