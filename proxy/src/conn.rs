@@ -18,7 +18,7 @@ use crate::state::Snapshot;
 use crate::Proxy;
 
 /// One connection being handled: what its flow record will say.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Connection {
     pub direction: &'static str,
     pub reporter: Reporter,
@@ -114,7 +114,7 @@ impl Connection {
         }
     }
 
-    fn deciding_policy(&self) -> String {
+    pub fn deciding_policy(&self) -> String {
         let p = if self.direction == "outbound" {
             &self.policies.egress
         } else {
@@ -123,7 +123,7 @@ impl Connection {
         p.clone().unwrap_or_else(|| "none".into())
     }
 
-    fn record(
+    pub fn record(
         &self,
         kind: &'static str,
         action: Action,
@@ -147,12 +147,14 @@ impl Connection {
             bytes_sent: sent,
             bytes_received: received,
             fault,
+            http: None,
+            http_requests: None,
         }
     }
 }
 
 impl Proxy {
-    fn write(&self, record: FlowRecord) {
+    pub fn write(&self, record: FlowRecord) {
         if !self.flows.write(record) {
             self.metrics.flow_records_dropped.inc();
         }

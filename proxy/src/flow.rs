@@ -101,6 +101,24 @@ pub struct FlowRecord {
     pub bytes_received: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// For a record of one HTTP request: what was asked and answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<FlowHttp>,
+    /// For a connection served as HTTP: how many requests it carried (each has its
+    /// own record, with its own verdict).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_requests: Option<u64>,
+}
+
+/// One HTTP request, as decided.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowHttp {
+    pub method: String,
+    /// The canonical path that was matched (and forwarded), or the target as sent
+    /// when it was refused before matching.
+    pub path: String,
+    pub status: u16,
+    pub request_id: String,
 }
 
 pub fn unix_now() -> f64 {

@@ -7,6 +7,7 @@
 //! private) -> relay bytes both ways.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use palisade_policy::{Direction, Endpoint, Flow, Protocol};
 use tokio::net::TcpStream;
@@ -20,7 +21,7 @@ use crate::{Mode, Proxy};
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
-pub async fn handle(proxy: &Proxy, peer: TcpStream, peer_addr: SocketAddr) {
+pub async fn handle(proxy: &Arc<Proxy>, peer: TcpStream, peer_addr: SocketAddr) {
     let destination = match original_destination(&peer) {
         Ok(d) if d.port() != proxy.inbound_port && d.port() != proxy.outbound_port => d,
         Ok(d) => {
@@ -69,6 +70,9 @@ pub async fn handle(proxy: &Proxy, peer: TcpStream, peer_addr: SocketAddr) {
             return reset(peer).await;
         }
         // Permissive: the peer is only what its IP says.
+        if snapshot.policy.depends_on_http(&flow, Direction::Ingress) {
+            return serve_http(proxy, snapshot, conn, flow, peer, destination).await;
+        }
         let verdict = snapshot.policy.evaluate(&flow);
         conn.decided(&snapshot.policy, &verdict, Direction::Ingress);
         if !verdict.ingress.as_ref().is_none_or(|v| v.decision.allows()) {
@@ -125,6 +129,9 @@ pub async fn handle(proxy: &Proxy, peer: TcpStream, peer_addr: SocketAddr) {
         );
         return close(tls).await;
     }
+    if snapshot.policy.depends_on_http(&flow, Direction::Ingress) {
+        return serve_http(proxy, snapshot, conn, flow, tls, destination).await;
+    }
     let verdict = snapshot.policy.evaluate(&flow);
     conn.decided(&snapshot.policy, &verdict, Direction::Ingress);
     if !verdict.ingress.as_ref().is_none_or(|v| v.decision.allows()) {
@@ -132,6 +139,32 @@ pub async fn handle(proxy: &Proxy, peer: TcpStream, peer_addr: SocketAddr) {
         return close(tls).await;
     }
     forward_to_app(proxy, conn, tls, destination).await;
+}
+
+/// A port whose verdict depends on an HTTP rule: every request is decided on its own.
+async fn serve_http<S>(
+    proxy: &Arc<Proxy>,
+    snapshot: Arc<crate::state::Snapshot>,
+    conn: Connection,
+    flow: Flow<'static>,
+    peer: S,
+    destination: SocketAddr,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let id_prefix = format!("{:x}{:04x}", (conn.start * 1e3) as u64, conn.source.port);
+    let session = crate::http::Session {
+        proxy: proxy.clone(),
+        snapshot,
+        flow,
+        conn,
+        app: destination,
+        upstream: Default::default(),
+        requests: Default::default(),
+        id_prefix,
+        first_request: Default::default(),
+    };
+    crate::http::serve_inbound(session, peer).await;
 }
 
 async fn forward_to_app<S>(

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod conn;
 pub mod flow;
 pub mod forward;
+pub mod http;
 pub mod inbound;
 pub mod init;
 pub mod metrics;
@@ -57,6 +58,7 @@ pub struct Proxy {
     pub connect_timeout: Duration,
     /// Long flows get an interim record this often.
     pub flow_interval: Duration,
+    pub http: http::HttpLimits,
 }
 
 impl Proxy {

@@ -111,6 +111,18 @@ struct RunArgs {
     /// Connections handled at once per listener; more wait in the backlog.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// HTTP ports: a connection with no complete request head in this time is denied.
+    #[arg(long, default_value_t = 5000)]
+    http_detect_timeout_ms: u64,
+    /// HTTP ports: request head read timeout, also the keep-alive idle timeout.
+    #[arg(long, default_value_t = 30_000)]
+    http_header_timeout_ms: u64,
+    #[arg(long, default_value_t = 65_536)]
+    http_max_header_bytes: usize,
+    #[arg(long, default_value_t = 100)]
+    http_max_headers: usize,
+    #[arg(long, default_value_t = 100)]
+    http2_max_concurrent_streams: u32,
     /// Worker threads. 1 runs everything on one thread (no cross-thread wake-ups),
     /// which is what a sidecar sharing its pod's CPU usually wants.
     #[arg(long, env = "PALISADE_PROXY_THREADS", default_value_t = 1)]
@@ -180,6 +192,11 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         connect_timeout_ms,
         max_connections,
         threads: _,
+        http_detect_timeout_ms,
+        http_header_timeout_ms,
+        http_max_header_bytes,
+        http_max_headers,
+        http2_max_concurrent_streams,
     } = a;
     let pod =
         PodKey::parse(&pod).with_context(|| format!("--pod {pod:?}: expected NAMESPACE/NAME"))?;
@@ -196,6 +213,14 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         handshake_timeout: Duration::from_millis(handshake_timeout_ms),
         connect_timeout: Duration::from_millis(connect_timeout_ms),
         flow_interval: Duration::from_secs(flow_interval.max(1)),
+        http: palisade_proxy::http::HttpLimits {
+            detect_timeout: Duration::from_millis(http_detect_timeout_ms),
+            header_timeout: Duration::from_millis(http_header_timeout_ms),
+            max_header_bytes: http_max_header_bytes,
+            max_headers: http_max_headers,
+            h2_max_concurrent_streams: http2_max_concurrent_streams,
+            ..Default::default()
+        },
     });
     let admin_listener = TcpListener::bind(admin_addr)
         .await

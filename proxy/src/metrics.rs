@@ -28,6 +28,12 @@ pub struct DirectionLabels {
     pub direction: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpErrorLabels {
+    /// not_http | header_timeout | header_too_large | malformed | incomplete | h2_reset | other
+    pub kind: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -36,6 +42,8 @@ pub struct Metrics {
     pub handshake_failures: Family<DirectionLabels, Counter>,
     pub open_connections: Family<DirectionLabels, Gauge>,
     pub flow_records_dropped: Counter,
+    pub http_requests: Family<ConnectionLabels, Counter>,
+    pub http_errors: Family<HttpErrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -67,8 +75,22 @@ impl Default for Metrics {
             "Flow records dropped because the writer fell behind",
             flow_records_dropped.clone(),
         );
+        let http_requests = Family::<ConnectionLabels, Counter>::default();
+        let http_errors = Family::<HttpErrorLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests decided, by direction, verdict and deciding policy (or reason)",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_errors",
+            "HTTP connections ended by malformed input or a limit, by kind",
+            http_errors.clone(),
+        );
         Metrics {
             registry,
+            http_requests,
+            http_errors,
             connections,
             bytes,
             handshake_failures,

@@ -422,3 +422,71 @@ impl Drop for World {
             .status();
     }
 }
+
+/// An HTTP app (HTTP/1.1 and HTTP/2 prior knowledge) on `addr` inside `ns`. It
+/// answers 200 with `METHOD TARGET` and the identity headers it received, so a test
+/// sees exactly what the proxy forwarded.
+pub fn http_app(ns: &str, addr: SocketAddr) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    spawn_in_netns(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+            ready_tx.send(()).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        |req: hyper::Request<hyper::body::Incoming>| async move {
+                            let header = |name: &str| {
+                                req.headers()
+                                    .get(name)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("-")
+                                    .to_owned()
+                            };
+                            let body = format!(
+                                "{} {} {:?} peer={} xfcc={} l5d={}\n",
+                                req.method(),
+                                req.uri().path_and_query().map_or("", |p| p.as_str()),
+                                req.version(),
+                                header("x-palisade-peer-identity"),
+                                header("x-forwarded-client-cert"),
+                                header("l5d-client-id"),
+                            );
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(body)),
+                            ))
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+/// From inside `ns`: sends `request` as raw bytes and reads until the peer closes
+/// (or 3 s pass). Returns what came back, lossily as text.
+pub fn raw_http(ns: &str, addr: SocketAddr, request: Vec<u8>) -> String {
+    in_netns(ns, move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(3)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        let _ = s.write_all(&request);
+        let mut back = Vec::new();
+        let _ = s.read_to_end(&mut back);
+        String::from_utf8_lossy(&back).into_owned()
+    })
+}

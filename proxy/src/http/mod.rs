@@ -1,0 +1,168 @@
+//! L7: a connection whose verdict depends on an HTTP rule
+//! ([`CompiledCluster::depends_on_http`](palisade_policy::CompiledCluster::depends_on_http))
+//! is served as HTTP/1.1 or HTTP/2 (hyper) and every request is decided on its own
+//! ([`request`]); allowed ones go to the app over one upstream connection per
+//! downstream connection ([`upstream`]). Every other connection stays plain L4 and
+//! never pays for parsing.
+//!
+//! Bytes that are not HTTP, or no request before the detection timeout, are denied
+//! and logged: such a connection is never relayed as TCP.
+
+pub mod request;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use palisade_policy::Flow;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::conn::Connection;
+use crate::flow::Action;
+use crate::forward::Counted;
+use crate::metrics::HttpErrorLabels;
+use crate::state::Snapshot;
+use crate::Proxy;
+
+/// HTTP limits. Each overload is counted in /metrics
+/// (`palisade_proxy_http_errors{kind}`) and logged.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// No complete request head within this time of the connection: denied.
+    pub detect_timeout: Duration,
+    /// Request head read timeout (also bounds an idle keep-alive connection).
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub h2_max_concurrent_streams: u32,
+    /// Streams a client may reset before it is treated as a reset flood.
+    pub h2_max_pending_resets: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            detect_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_resets: 20,
+        }
+    }
+}
+
+/// What every request of one L7 connection shares.
+#[derive(Debug)]
+pub struct Session {
+    pub proxy: Arc<Proxy>,
+    pub snapshot: Arc<Snapshot>,
+    /// The connection's flow; each request adds its own `http`.
+    pub flow: Flow<'static>,
+    pub conn: Connection,
+    /// The app: this pod's IP and the original port.
+    pub app: SocketAddr,
+    pub upstream: upstream::Upstream,
+    pub requests: AtomicU64,
+    /// Request ids are `<id_prefix>-<n>`, n counting this connection's requests.
+    pub id_prefix: String,
+    pub first_request: tokio::sync::Notify,
+}
+
+/// Serves one inbound connection as HTTP until it ends, then writes its record.
+pub async fn serve_inbound<S>(session: Session, downstream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let session = Arc::new(session);
+    let limits = session.proxy.http.clone();
+    let io = TokioIo::new(Counted::new(downstream, session.conn.counters.clone()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_resets)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let s = session.clone();
+    let service = hyper::service::service_fn(move |req| request::handle(s.clone(), req));
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+
+    let detected = tokio::time::timeout(limits.detect_timeout, session.first_request.notified());
+    let result = tokio::select! {
+        r = &mut connection => Some(r),
+        d = detected => match d {
+            Ok(()) => None,
+            Err(_) => {
+                deny_connection(&session, "no HTTP request before the detection timeout");
+                return;
+            }
+        },
+    };
+    let result = match result {
+        Some(r) => r,
+        None => connection.await,
+    };
+    let requests = session.requests.load(Ordering::Relaxed);
+    if let Err(e) = result {
+        let kind = error_kind(e.as_ref());
+        session
+            .proxy
+            .metrics
+            .http_errors
+            .get_or_create(&HttpErrorLabels { kind: kind.into() })
+            .inc();
+        tracing::info!(error = %e, kind, requests, "HTTP connection ended with an error");
+        if requests == 0 {
+            return deny_connection(&session, &format!("not HTTP: {e}"));
+        }
+    }
+    let mut record = session.conn.record("end", Action::Allow, None, None);
+    record.http_requests = Some(requests);
+    session.proxy.write(record);
+}
+
+fn deny_connection(session: &Session, reason: &str) {
+    session
+        .proxy
+        .metrics
+        .http_errors
+        .get_or_create(&HttpErrorLabels {
+            kind: "not_http".into(),
+        })
+        .inc();
+    session.proxy.deny(&session.conn, Some(reason.to_owned()));
+}
+
+/// A short name for why hyper gave up on a connection, for the metric label.
+fn error_kind(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    if let Some(h) = e.downcast_ref::<hyper::Error>() {
+        if h.is_timeout() {
+            return "header_timeout";
+        }
+        if h.is_parse_too_large() {
+            return "header_too_large";
+        }
+        if h.is_parse() {
+            return "malformed";
+        }
+        if h.is_incomplete_message() {
+            return "incomplete";
+        }
+    }
+    if e.to_string().contains("too_many_resets") || e.to_string().contains("reset") {
+        return "h2_reset";
+    }
+    "other"
+}
