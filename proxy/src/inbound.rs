@@ -152,19 +152,16 @@ async fn serve_http<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let id_prefix = format!("{:x}{:04x}", (conn.start * 1e3) as u64, conn.source.port);
-    let session = crate::http::Session {
-        proxy: proxy.clone(),
+    let dial = crate::http::upstream::Dial::Plain(destination);
+    let session = crate::http::Session::new(
+        proxy.clone(),
         snapshot,
+        Direction::Ingress,
         flow,
         conn,
-        app: destination,
-        upstream: Default::default(),
-        requests: Default::default(),
-        id_prefix,
-        first_request: Default::default(),
-    };
-    crate::http::serve_inbound(session, peer).await;
+        dial,
+    );
+    crate::http::serve(session, peer).await;
 }
 
 async fn forward_to_app<S>(

@@ -5,6 +5,7 @@
 //! -> relay bytes both ways.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use palisade_policy::{Direction, Endpoint, Flow, Protocol};
 use tokio::net::TcpStream;
@@ -15,7 +16,7 @@ use crate::flow::Reporter;
 use crate::orig_dst::original_destination;
 use crate::Proxy;
 
-pub async fn handle(proxy: &Proxy, app: TcpStream, app_addr: SocketAddr) {
+pub async fn handle(proxy: &Arc<Proxy>, app: TcpStream, app_addr: SocketAddr) {
     let destination = match original_destination(&app) {
         Ok(d) => d,
         Err(e) => {
@@ -43,6 +44,9 @@ pub async fn handle(proxy: &Proxy, app: TcpStream, app_addr: SocketAddr) {
         icmp: None,
         http: None,
     };
+    if snapshot.policy.depends_on_http(&flow, Direction::Egress) {
+        return serve_http(proxy, snapshot, conn, flow, app, destination).await;
+    }
     let verdict = snapshot.policy.evaluate(&flow);
     conn.decided(&snapshot.policy, &verdict, Direction::Egress);
     if !verdict.egress.as_ref().is_none_or(|v| v.decision.allows()) {
@@ -89,4 +93,38 @@ pub async fn handle(proxy: &Proxy, app: TcpStream, app_addr: SocketAddr) {
             reset(app).await;
         }
     }
+}
+
+/// An egress HTTP rule is reached: every request the app sends is decided on its
+/// own, and allowed ones go to the destination (by mTLS to a mesh pod).
+async fn serve_http(
+    proxy: &Arc<Proxy>,
+    snapshot: Arc<crate::state::Snapshot>,
+    mut conn: Connection,
+    flow: Flow<'static>,
+    app: TcpStream,
+    destination: SocketAddr,
+) {
+    use crate::http::upstream::Dial;
+    let dial = match flow.destination.workload {
+        None => Dial::Plain(destination),
+        Some(peer) => {
+            let tls = snapshot
+                .identity_of(peer)
+                .and_then(|id| Some((snapshot.client_tls(&id)?, id)));
+            let Some((tls, identity)) = tls else {
+                proxy.deny(&conn, Some("destination pod has no valid identity".into()));
+                return reset(app).await;
+            };
+            conn.tls_peer = Some(identity.to_string());
+            Dial::Mesh {
+                addr: destination,
+                tls,
+                identity,
+            }
+        }
+    };
+    let session =
+        crate::http::Session::new(proxy.clone(), snapshot, Direction::Egress, flow, conn, dial);
+    crate::http::serve(session, app).await;
 }

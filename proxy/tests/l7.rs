@@ -58,7 +58,23 @@ spec:
     - action: Allow
       protocol: TCP
       source: {selector: app == 'client'}
-      destination: {ports: [9090]}
+      destination: {ports: [9090, 7070]}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: client-egress-http, namespace: shop}
+spec:
+  selector: app == 'client'
+  order: 50
+  types: [Egress]
+  egress:
+    - action: Allow
+      protocol: TCP
+      destination: {ports: [7070]}
+      http: {methods: [GET], paths: [{prefix: /ok}]}
+    - action: Deny
+      protocol: TCP
+      destination: {ports: [7070]}
 ---
 apiVersion: projectcalico.org/v3
 kind: NetworkPolicy
@@ -91,6 +107,7 @@ fn mesh() -> World {
     http_app(w.ns(SERVER), w.addr(SERVER, 8080));
     http_app(w.ns(SERVER), w.addr(SERVER, 9090));
     http_app(w.ns(SERVER), w.addr(SERVER, 8081));
+    http_app(w.ns(SERVER), w.addr(SERVER, 7070));
     w
 }
 
@@ -223,6 +240,28 @@ fn requests_are_decided_one_by_one_with_curl() {
         ["HTTP/1.1 200 OK", "HTTP/1.1 403 Forbidden"],
         "{both}"
     );
+
+    // An egress HTTP rule is enforced by the client's own proxy, per request, and
+    // the allowed ones still cross the mesh by mTLS (7070 is L4 at the server).
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let (code, body) = curl(&w, &[version, "http://10.211.0.3:7070/ok/x"]);
+        assert_eq!(code, 200, "{body}");
+        assert!(body.starts_with("GET /ok/x"), "{body}");
+        let (code, _) = curl(&w, &[version, "http://10.211.0.3:7070/nope"]);
+        assert_eq!(code, 403);
+    }
+    let rec = w.flow(CLIENT, |r| r["http"]["path"] == "/nope");
+    assert_eq!(
+        (rec["action"].as_str(), rec["reporter"].as_str()),
+        (Some("deny"), Some("source"))
+    );
+    assert_eq!(rec["policies"]["egress"], "cnp/shop/client-egress-http:1");
+    let rec = w.flow(CLIENT, |r| r["http"]["path"] == "/ok/x");
+    assert_eq!(rec["policies"]["egress"], "cnp/shop/client-egress-http:0");
+    assert_eq!(rec["tls_peer"], "spiffe://cluster.local/ns/shop/sa/server");
+    let rec = w.flow(SERVER, |r| r["destination"]["port"] == 7070);
+    assert_eq!(rec["tls_peer"], "spiffe://cluster.local/ns/shop/sa/client");
+    assert!(rec["http"].is_null(), "L4 at the server: {rec}");
 
     // A port with no HTTP rule stays L4: raw bytes pass, no request records.
     let (code, _) = curl(&w, &["http://10.211.0.3:9090/admin"]);

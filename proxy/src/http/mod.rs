@@ -1,8 +1,10 @@
 //! L7: a connection whose verdict depends on an HTTP rule
 //! ([`CompiledCluster::depends_on_http`](palisade_policy::CompiledCluster::depends_on_http))
 //! is served as HTTP/1.1 or HTTP/2 (hyper) and every request is decided on its own
-//! ([`request`]); allowed ones go to the app over one upstream connection per
-//! downstream connection ([`upstream`]). Every other connection stays plain L4 and
+//! ([`request`]): ingress rules at the destination's proxy, egress rules at the
+//! source's. Allowed requests go on over one upstream connection per downstream
+//! connection ([`upstream`]): to the app (inbound), or to the destination, by mTLS
+//! when it is a mesh pod (outbound). Every other connection stays plain L4 and
 //! never pays for parsing.
 //!
 //! Bytes that are not HTTP, or no request before the detection timeout, are denied
@@ -11,14 +13,13 @@
 pub mod request;
 pub mod upstream;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use palisade_policy::Flow;
+use palisade_policy::{Direction, Flow};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::conn::Connection;
@@ -61,11 +62,13 @@ impl Default for HttpLimits {
 pub struct Session {
     pub proxy: Arc<Proxy>,
     pub snapshot: Arc<Snapshot>,
+    /// Ingress at this pod (inbound) or egress from it (outbound).
+    pub direction: Direction,
     /// The connection's flow; each request adds its own `http`.
     pub flow: Flow<'static>,
     pub conn: Connection,
-    /// The app: this pod's IP and the original port.
-    pub app: SocketAddr,
+    /// Where allowed requests go: the app (inbound), or the destination (outbound).
+    pub dial: upstream::Dial,
     pub upstream: upstream::Upstream,
     pub requests: AtomicU64,
     /// Request ids are `<id_prefix>-<n>`, n counting this connection's requests.
@@ -73,8 +76,34 @@ pub struct Session {
     pub first_request: tokio::sync::Notify,
 }
 
-/// Serves one inbound connection as HTTP until it ends, then writes its record.
-pub async fn serve_inbound<S>(session: Session, downstream: S)
+impl Session {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        snapshot: Arc<Snapshot>,
+        direction: Direction,
+        flow: Flow<'static>,
+        conn: Connection,
+        dial: upstream::Dial,
+    ) -> Session {
+        // Unique enough to find the record: connection start (ms) and client port.
+        let id_prefix = format!("{:x}{:04x}", (conn.start * 1e3) as u64, conn.source.port);
+        Session {
+            proxy,
+            snapshot,
+            direction,
+            flow,
+            conn,
+            dial,
+            upstream: upstream::Upstream::default(),
+            requests: AtomicU64::new(0),
+            id_prefix,
+            first_request: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+/// Serves one connection as HTTP until it ends, then writes its record.
+pub async fn serve<S>(session: Session, downstream: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

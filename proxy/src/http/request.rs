@@ -88,8 +88,12 @@ pub async fn handle(
     };
     let verdict = snapshot.policy.evaluate(&flow);
     let mut conn = session.conn.clone();
-    conn.decided(&snapshot.policy, &verdict, Direction::Ingress);
-    let allowed = verdict.ingress.as_ref().is_none_or(|v| v.decision.allows());
+    conn.decided(&snapshot.policy, &verdict, session.direction);
+    let decided = match session.direction {
+        Direction::Ingress => verdict.ingress.as_ref(),
+        Direction::Egress => verdict.egress.as_ref(),
+    };
+    let allowed = decided.is_none_or(|v| v.decision.allows());
     let policy = conn.deciding_policy();
     count(&session, if allowed { "allow" } else { "deny" }, &policy);
     if !allowed {
@@ -123,16 +127,15 @@ pub async fn handle(
         }
     }
     let headers = req.headers_mut();
-    for name in SPOOFABLE {
-        headers.remove(name);
-    }
-    if let Some(peer) = session
-        .conn
-        .tls_peer
-        .as_deref()
-        .and_then(|p| p.parse().ok())
-    {
-        headers.insert(PEER_IDENTITY, peer);
+    if session.direction == Direction::Ingress {
+        // Only what this proxy verified reaches the app as identity.
+        for name in SPOOFABLE {
+            headers.remove(name);
+        }
+        let peer = session.conn.tls_peer.as_deref();
+        if let Some(peer) = peer.and_then(|p| p.parse().ok()) {
+            headers.insert(PEER_IDENTITY, peer);
+        }
     }
     let websocket = is_websocket_upgrade(headers);
     if !websocket {
@@ -158,7 +161,7 @@ pub async fn handle(
             r
         }
         Err(e) => {
-            tracing::info!(error = %e, app = %session.app, "app request failed");
+            tracing::info!(error = %e, upstream = ?session.dial, "upstream request failed");
             text(
                 StatusCode::BAD_GATEWAY,
                 &request_id,

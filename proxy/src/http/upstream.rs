@@ -1,17 +1,36 @@
-//! The app side of an L7 connection: one upstream connection per downstream
+//! The far side of an L7 connection: one upstream connection per downstream
 //! connection, in the downstream's HTTP version, opened at the first allowed request
 //! and opened again if the app closed it. It is this connection's alone, so the lock
 //! below is never contended: HTTP/1.1 sends one request at a time, HTTP/2 only
 //! clones its sender under it.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use palisade_certs::SpiffeId;
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 
 use super::Session;
 use crate::conn::connect;
+
+/// How to reach where allowed requests go.
+#[derive(Debug)]
+pub enum Dial {
+    /// Plain TCP: the app on this pod, or an address outside the mesh.
+    Plain(SocketAddr),
+    /// A mesh pod, by mTLS, which must prove `identity`.
+    Mesh {
+        addr: SocketAddr,
+        tls: Arc<ClientConfig>,
+        identity: SpiffeId,
+    },
+}
 
 #[derive(Debug, Default)]
 pub struct Upstream {
@@ -81,7 +100,28 @@ async fn open(
     session: &Session,
     h2: bool,
 ) -> Result<Sender, Box<dyn std::error::Error + Send + Sync>> {
-    let stream = connect(session.app, session.proxy.connect_timeout).await?;
+    let timeout = session.proxy.connect_timeout;
+    match &session.dial {
+        Dial::Plain(addr) => handshake(connect(*addr, timeout).await?, h2).await,
+        Dial::Mesh { addr, tls, .. } => {
+            let tcp = connect(*addr, timeout).await?;
+            let tls = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(palisade_certs::tls::server_name(), tcp);
+            let stream = tokio::time::timeout(session.proxy.handshake_timeout, tls)
+                .await
+                .map_err(|_| "mTLS handshake timed out")??;
+            handshake(stream, h2).await
+        }
+    }
+}
+
+async fn handshake<S>(
+    stream: S,
+    h2: bool,
+) -> Result<Sender, Box<dyn std::error::Error + Send + Sync>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(stream);
     if h2 {
         let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
