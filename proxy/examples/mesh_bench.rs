@@ -46,7 +46,19 @@ metadata: {name: client-to-server, namespace: bench}
 spec:
   selector: app == 'client'
   types: [Egress]
-  egress: [{action: Allow, protocol: TCP, destination: {selector: app == 'server', ports: [8080]}}]
+  egress: [{action: Allow, protocol: TCP, destination: {selector: app == 'server', ports: [8080, 8082]}}]
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: server-http, namespace: bench}
+spec:
+  selector: app == 'server'
+  ingress:
+    - action: Allow
+      protocol: TCP
+      source: {selector: app == 'client'}
+      destination: {ports: [8082]}
+      http: {methods: [GET], paths: [{prefix: /}]}
 ";
 
 #[derive(Debug, Default)]
@@ -157,7 +169,7 @@ fn main() {
             "daemon off; worker_processes 1; pid {dir}/nginx.pid; error_log {dir}/nginx.err;\n\
              events {{ worker_connections 4096; }}\n\
              http {{ access_log off; client_body_temp_path {dir}; keepalive_requests 1000000;\n\
-               server {{ listen 10.211.0.3:8080; listen 10.211.0.3:8081; location / {{ return 200 'ok'; }} }} }}\n",
+               server {{ listen 10.211.0.3:8080; listen 10.211.0.3:8081; listen 10.211.0.3:8082; location / {{ return 200 'ok'; }} }} }}\n",
             dir = w.dir.path().display()
         ),
     )
@@ -193,6 +205,21 @@ fn main() {
         let cpu: f64 = after.iter().zip(&before).map(|(a, b)| a.1 - b.1).sum();
         rows.push((name, d, p, cpu));
     }
+    // The same two proxies, an L4 port (8080) against an L7 port (8082: an HTTP rule
+    // decides every request), side by side.
+    let l7_url = "http://10.211.0.3:8082/";
+    let mut l7_rows = Vec::new();
+    for (name, args) in [
+        ("keep-alive, 16 connections, max rate", vec!["-c", "16"]),
+        (
+            "fixed 1000 req/s, 16 connections",
+            vec!["-c", "16", "-q", "1000", "--latency-correction"],
+        ),
+    ] {
+        let l4 = oha(&w, client, proxied, &args);
+        let l7 = oha(&w, client, l7_url, &args);
+        l7_rows.push((name, l4, l7));
+    }
     let peak = proxy_usage(&w);
     // SIGTERM, not SIGKILL: the master must take its worker down with it (a killed
     // master leaves an orphan worker holding the bench's stdout open).
@@ -218,6 +245,20 @@ fn main() {
             cpu
         );
     }
+    println!("\n| load (both through 2 proxies) | L4 port req/s | L7 port req/s | ratio | L4 p50 / p99 ms | L7 p50 / p99 ms |");
+    println!("|---|---|---|---|---|---|");
+    for (name, l4, l7) in &l7_rows {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.2} | {:.3} / {:.3} | {:.3} / {:.3} |",
+            l4.rps,
+            l7.rps,
+            l7.rps / l4.rps,
+            l4.p50_ms,
+            l4.p99_ms,
+            l7.p50_ms,
+            l7.p99_ms
+        );
+    }
     println!("\n| proxy | idle RSS | peak RSS (VmHWM) |\n|---|---|---|");
     for ((ns, _, _, idle_rss), (_, _, hwm, _)) in idle.iter().zip(&peak) {
         println!(
@@ -226,6 +267,14 @@ fn main() {
             *idle_rss as f64 / 1024.0,
             *hwm as f64 / 1024.0
         );
+    }
+    for (name, l4, l7) in &l7_rows {
+        if l4.errors > 0.0 || l7.errors > 0.0 {
+            println!(
+                "warning: {name}: non-200 responses L4 {} L7 {}",
+                l4.errors, l7.errors
+            );
+        }
     }
     for (name, d, p, _) in &rows {
         if d.errors > 0.0 || p.errors > 0.0 {
