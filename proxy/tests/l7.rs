@@ -59,6 +59,11 @@ spec:
       protocol: TCP
       source: {selector: app == 'client'}
       destination: {ports: [9090, 7070]}
+    - action: Allow
+      protocol: TCP
+      source: {selector: app == 'client'}
+      destination: {ports: [8083]}
+      http: {methods: [POST], paths: [{prefix: /shop.Orders/}]}
 ---
 apiVersion: projectcalico.org/v3
 kind: NetworkPolicy
@@ -423,4 +428,68 @@ fn smuggling_and_non_http_bytes_are_refused() {
             .is_some_and(|s| s.contains("detection timeout"))
     });
     assert_eq!(rec["action"], "deny");
+}
+
+/// A process killed when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_grpc_client_is_allowed_or_gets_permission_denied() {
+    use std::io::BufRead;
+    let w = mesh();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc_peer.py");
+    let mut server = Killed(
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                w.ns(SERVER),
+                "python3",
+                script,
+                "serve",
+                "10.211.0.3:8083",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 with grpcio (pip install grpcio)"),
+    );
+    let mut ready = String::new();
+    let stdout = server.0.stdout.take().unwrap();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready", "the gRPC server did not start");
+    let call = |method: &str| {
+        sh_output(&[
+            "ip",
+            "netns",
+            "exec",
+            w.ns(CLIENT),
+            "python3",
+            script,
+            "call",
+            "10.211.0.3:8083",
+            method,
+        ])
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(call("/shop.Orders/Get"), "OK pong:ping");
+    assert_eq!(
+        call("/shop.Admin/DropTables"),
+        "ERR PERMISSION_DENIED permission denied"
+    );
+    let rec = w.flow(SERVER, |r| r["http"]["path"] == "/shop.Admin/DropTables");
+    assert_eq!(rec["action"], "deny");
+    assert_eq!(rec["policies"]["ingress"], "end-of-tier/default");
+    let rec = w.flow(SERVER, |r| r["http"]["path"] == "/shop.Orders/Get");
+    assert_eq!(rec["policies"]["ingress"], "cnp/shop/server-api:3");
+    drop(server);
 }
