@@ -493,3 +493,69 @@ fn a_grpc_client_is_allowed_or_gets_permission_denied() {
     assert_eq!(rec["policies"]["ingress"], "cnp/shop/server-api:3");
     drop(server);
 }
+
+#[test]
+fn websocket_upgrades_only_when_allowed_and_accepted_by_the_app() {
+    use std::io::{Read, Write};
+    let w = mesh();
+    let addr = w.addr(SERVER, 8081);
+    let upgrade = |path: &'static str| {
+        support::in_netns(w.ns(CLIENT), move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+                .unwrap();
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            )
+            .unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            if !head.starts_with("HTTP/1.1 101") {
+                return (head, Vec::new());
+            }
+            s.write_all(b"frames both ways").unwrap();
+            let mut echo = vec![0u8; 16];
+            s.read_exact(&mut echo).unwrap();
+            (head, echo)
+        })
+    };
+    let (head, echo) = upgrade("/chat");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(echo, b"frames both ways");
+    let (head, echo) = upgrade("/admin/chat");
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(echo.is_empty());
+}
+
+#[test]
+fn oversized_requests_are_refused_and_counted() {
+    let w = mesh();
+    let addr = w.addr(SERVER, 8081);
+    let big = format!(
+        "GET /x HTTP/1.1\r\nHost: s\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let back = raw_http(w.ns(CLIENT), addr, big.into_bytes());
+    assert_eq!(status(&back), 431, "{back:?}");
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let back = raw_http(
+        w.ns(CLIENT),
+        addr,
+        format!("GET /x HTTP/1.1\r\nHost: s\r\n{many}Connection: close\r\n\r\n").into_bytes(),
+    );
+    assert_eq!(status(&back), 431, "{back:?}");
+    // Still serving.
+    assert_eq!(status(&raw_http(w.ns(CLIENT), addr, get("/x"))), 200);
+    let metrics = support::admin_get(w.ns(SERVER), "/metrics").unwrap_or_default();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("palisade_proxy_http_errors_total{kind=\"header_too_large\"}"))
+        .unwrap_or_else(|| panic!("no header_too_large count in\n{metrics}"));
+    assert!(line.ends_with(" 2"), "{line}");
+}

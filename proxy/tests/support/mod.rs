@@ -442,7 +442,15 @@ pub fn http_app(ns: &str, addr: SocketAddr) {
                 };
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
-                        |req: hyper::Request<hyper::body::Incoming>| async move {
+                        |mut req: hyper::Request<hyper::body::Incoming>| async move {
+                            // A WebSocket upgrade: 101, then echo raw bytes.
+                            if req
+                                .headers()
+                                .get("upgrade")
+                                .is_some_and(|v| v == "websocket")
+                            {
+                                return Ok(websocket_echo(&mut req));
+                            }
                             let header = |name: &str| {
                                 req.headers()
                                     .get(name)
@@ -467,13 +475,43 @@ pub fn http_app(ns: &str, addr: SocketAddr) {
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     )
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
                 });
             }
         });
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+/// Answers a WebSocket upgrade with 101 and echoes the upgraded bytes.
+fn websocket_echo(
+    req: &mut hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(up) = upgrade.await else { return };
+        let mut io = hyper_util::rt::TokioIo::new(up);
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+    *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        "upgrade",
+        hyper::header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        "connection",
+        hyper::header::HeaderValue::from_static("upgrade"),
+    );
+    r
 }
 
 /// From inside `ns`: sends `request` as raw bytes and reads until the peer closes
