@@ -393,7 +393,7 @@ fn smuggling_and_non_http_bytes_are_refused() {
             // Content-Length is dropped, and the connection closes after the response.
             assert!(back.contains("connection: close"), "{back:?}");
         } else {
-            assert!(statuses.iter().all(|s| *s == 400), "{name}: {back:?}");
+            assert_eq!(statuses, [400], "{name}: {back:?}");
         }
     }
 
