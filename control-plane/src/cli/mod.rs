@@ -3,7 +3,10 @@
 mod explain;
 mod load;
 mod matrix;
+mod mesh;
 mod test;
+
+pub use load::manifest_files;
 
 use std::process::ExitCode;
 
@@ -28,6 +31,17 @@ enum Command {
     Matrix(matrix::MatrixArgs),
     /// Run policy test scenarios (conformance format); exit 1 on a failing expectation.
     Test(test::TestArgs),
+    /// Run the local mesh of DIR for real (network namespaces, proxies, apps); Ctrl-C
+    /// removes it. Needs root.
+    Up(mesh::UpArgs),
+    /// Remove the local mesh, also after a crash.
+    Down,
+    /// Pods, IPs, identities and proxy readiness of the local mesh.
+    Status,
+    /// Run a command inside a pod's network namespace: exec NS/POD -- CMD...
+    Exec(mesh::ExecArgs),
+    /// The local mesh's flow log, filtered, optionally followed.
+    Flows(mesh::FlowsArgs),
 }
 
 /// Human-readable text, or stable JSON for scripts.
@@ -43,5 +57,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Explain(a) => explain::run(a),
         Command::Matrix(a) => matrix::run(a),
         Command::Test(a) => test::run(a),
+        Command::Up(a) => mesh::up(a),
+        Command::Down => crate::mesh::ops::down(),
+        Command::Status => crate::mesh::ops::status(),
+        Command::Exec(a) => mesh::exec(a),
+        Command::Flows(a) => mesh::flows(a),
     }
 }

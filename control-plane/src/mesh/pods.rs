@@ -1,0 +1,111 @@
+//! What the local mesh needs of each Pod beyond policy: its containers' commands.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Doc {
+    kind: String,
+    metadata: Metadata,
+    spec: Spec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Metadata {
+    name: String,
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Spec {
+    containers: Vec<Container>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Container {
+    name: String,
+    command: Vec<String>,
+    args: Vec<String>,
+}
+
+/// One process to start in a pod: a container's `command` followed by its `args`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerCommand {
+    pub container: String,
+    pub argv: Vec<String>,
+}
+
+/// `namespace/name` -> the commands of its containers (containers without a command
+/// are skipped: the local mesh has no images to take an entrypoint from).
+pub fn commands(
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<BTreeMap<String, Vec<ContainerCommand>>> {
+    let mut out = BTreeMap::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            // Bad documents are the policy loader's to report; here they are skipped.
+            let Ok(doc) = Doc::deserialize(doc) else {
+                continue;
+            };
+            if doc.kind != "Pod" {
+                continue;
+            }
+            let key = format!(
+                "{}/{}",
+                doc.metadata.namespace.as_deref().unwrap_or("default"),
+                doc.metadata.name
+            );
+            let commands = doc
+                .spec
+                .containers
+                .into_iter()
+                .filter(|c| !c.command.is_empty())
+                .map(|c| ContainerCommand {
+                    container: c.name,
+                    argv: c.command.into_iter().chain(c.args).collect(),
+                })
+                .collect();
+            out.insert(key, commands);
+        }
+    }
+    Ok(out)
+}
+
+/// Copies the manifests into `dest` (flat, numbered to keep the order and avoid name
+/// clashes), each file written aside and renamed so a proxy never reads half a file.
+pub fn copy_manifests(files: &[std::path::PathBuf], dest: &Path, owner: u32) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dest).with_context(|| format!("{}", dest.display()))?;
+    let mut wanted = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let name = format!(
+            "{i:03}-{}",
+            file.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        let text = std::fs::read(file).with_context(|| format!("{}", file.display()))?;
+        let target = dest.join(&name);
+        if std::fs::read(&target).ok().as_deref() != Some(text.as_slice()) {
+            let tmp = dest.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, &text).with_context(|| format!("{}", tmp.display()))?;
+            std::os::unix::fs::chown(&tmp, Some(owner), Some(owner))?;
+            std::fs::rename(&tmp, &target)?;
+        }
+        wanted.push(name);
+    }
+    for entry in std::fs::read_dir(dest)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && !wanted.contains(&name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}

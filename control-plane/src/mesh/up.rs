@@ -1,0 +1,369 @@
+//! `palisade up DIR`: bridge -> per pod (namespace, identity, state files, iptables,
+//! proxy) -> wait until every proxy is ready -> the pods' container commands -> print
+//! how to try it -> keep the proxies' policy in step with DIR until Ctrl-C, then
+//! remove everything.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use palisade_certs::identity::{certificates_pem, request};
+use palisade_certs::{CaConfig, CertificateAuthority, SpiffeId};
+use palisade_policy::{CompiledCluster, Flow, Protocol};
+
+use super::netns::{self, sh};
+use super::pods::{self, ContainerCommand};
+use super::{ops, prefix, run_dir, MeshRecord, PodRecord};
+
+/// The UID proxies run as; `palisade-proxy init` leaves its traffic alone.
+const PROXY_UID: u32 = 1337;
+
+pub struct Mesh {
+    pub record: MeshRecord,
+    children: Vec<Child>,
+}
+
+impl Drop for Mesh {
+    /// However `up` ends (error, Ctrl-C, panic), what it created goes.
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        ops::teardown(&self.record);
+    }
+}
+
+/// The proxy binary: `PALISADE_PROXY_BIN`, or `palisade-proxy` next to this binary.
+fn proxy_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PALISADE_PROXY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe().context("locating the palisade binary")?;
+    let bin = me.with_file_name("palisade-proxy");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it too (cargo build --release --workspace) or set PALISADE_PROXY_BIN",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn log_file(path: &Path) -> Stdio {
+    File::create(path).map(Stdio::from).unwrap_or(Stdio::null())
+}
+
+pub fn start(dir: &Path, files: &[PathBuf], compiled: &CompiledCluster) -> anyhow::Result<Mesh> {
+    let run = run_dir();
+    let prefix = prefix();
+    let bridge = format!("{prefix}-br");
+    if MeshRecord::path().exists() || netns::exists(&bridge) {
+        bail!(
+            "a local mesh is already up in {} (palisade down removes it)",
+            run.display()
+        );
+    }
+    let proxy = proxy_bin()?;
+    std::fs::create_dir_all(&run).with_context(|| format!("{}", run.display()))?;
+    let ca = CertificateAuthority::load_or_generate(CaConfig::default(), &run.join("ca"))
+        .context("the mesh CA")?;
+    let commands = pods::commands(files)?;
+
+    let mut mesh = Mesh {
+        record: MeshRecord {
+            manifests: dir.canonicalize().unwrap_or_else(|_| dir.to_owned()),
+            bridge_netns: bridge.clone(),
+            pods: Vec::new(),
+        },
+        children: Vec::new(),
+    };
+    netns::create_bridge(&bridge)?;
+    mesh.record.save()?;
+
+    for (i, (_, workload)) in compiled.workloads().enumerate() {
+        let pod = &workload.pod;
+        let key = format!("{}/{}", pod.namespace, pod.name);
+        let Some(&ip) = pod.ips.first() else {
+            eprintln!("warning: pod {key} has no status.podIP: not started");
+            continue;
+        };
+        let identity = SpiffeId::new(&ca_trust_domain(), &pod.namespace, &pod.service_account)
+            .with_context(|| format!("pod {key}: identity"))?;
+        let netns = format!("{prefix}-{}-{}", pod.namespace, pod.name);
+        let home = run
+            .join("pods")
+            .join(format!("{}_{}", pod.namespace, pod.name));
+        let state = home.join("state");
+        std::fs::create_dir_all(&state)?;
+        netns::create_pod(&netns, &bridge, &format!("{prefix}v{i}"), ip)?;
+        write_hosts(&netns, compiled)?;
+        write_identity(&ca, &identity, &state)?;
+        pods::copy_manifests(files, &state.join("manifests"), PROXY_UID)?;
+        let flow_log = home.join("flows.jsonl");
+        File::create(&flow_log)?;
+        for path in [&home, &state, &flow_log] {
+            std::os::unix::fs::chown(path, Some(PROXY_UID), Some(PROXY_UID))?;
+        }
+        mesh.record.pods.push(PodRecord {
+            pod: key.clone(),
+            netns: netns.clone(),
+            ip: ip.to_string(),
+            identity: identity.to_string(),
+            flow_log: flow_log.clone(),
+        });
+        mesh.record.save()?;
+
+        let proxy_path = proxy.display().to_string();
+        sh(&["ip", "netns", "exec", &netns, &proxy_path, "init"])
+            .with_context(|| format!("pod {key}: palisade-proxy init"))?;
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "setpriv",
+                "--reuid=1337",
+                "--regid=1337",
+                "--clear-groups",
+            ])
+            .arg(&proxy)
+            .args(["run", "--pod", &key, "--state-dir"])
+            .arg(&state)
+            .arg("--flow-log")
+            .arg(&flow_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&home.join("proxy.log")))
+            .spawn()
+            .with_context(|| format!("pod {key}: starting the proxy"))?;
+        mesh.children.push(child);
+    }
+
+    wait_ready(&mesh.record)?;
+    for pod in mesh.record.pods.clone() {
+        let home = run.join("pods").join(pod.pod.replace('/', "_"));
+        for c in commands.get(&pod.pod).into_iter().flatten() {
+            mesh.children.push(start_container(&pod, c, &home)?);
+        }
+    }
+    wait_listening(&mesh.record, compiled);
+    Ok(mesh)
+}
+
+fn ca_trust_domain() -> String {
+    CaConfig::default().trust_domain
+}
+
+fn write_identity(ca: &CertificateAuthority, id: &SpiffeId, state: &Path) -> anyhow::Result<()> {
+    let (pending, csr) = request(id)?;
+    let issued = ca.issue(&csr, id, None)?;
+    let files = [
+        ("identity.crt", certificates_pem(&[issued.der])),
+        ("identity.key", pending.key_pem()),
+        ("bundle.crt", certificates_pem(&[ca.root().clone()])),
+    ];
+    for (name, text) in files {
+        let path = state.join(name);
+        std::fs::write(&path, text).with_context(|| format!("{}", path.display()))?;
+        std::os::unix::fs::chown(&path, Some(PROXY_UID), Some(PROXY_UID))?;
+    }
+    Ok(())
+}
+
+/// `/etc/netns/<netns>/hosts` (what `ip netns exec` shows as /etc/hosts): every pod
+/// as `<pod>.<ns>` and `<pod>.<ns>.pod.cluster.local`.
+fn write_hosts(netns: &str, compiled: &CompiledCluster) -> anyhow::Result<()> {
+    let dir = Path::new("/etc/netns").join(netns);
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+    let mut hosts = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    for (_, w) in compiled.workloads() {
+        if let Some(ip) = w.pod.ips.first() {
+            let (name, ns) = (&w.pod.name, &w.pod.namespace);
+            hosts.push_str(&format!("{ip} {name}.{ns} {name}.{ns}.pod.cluster.local\n"));
+        }
+    }
+    std::fs::write(dir.join("hosts"), hosts)?;
+    Ok(())
+}
+
+fn wait_ready(record: &MeshRecord) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for pod in &record.pods {
+        while netns::admin_get(&pod.netns, "/ready").is_none() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the proxy of {} is not ready after 20 s (see {})",
+                    pod.pod,
+                    pod.flow_log.with_file_name("proxy.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// Waits (up to 10 s) until every declared TCP containerPort is listened on, so the
+/// printed commands work at once; a port that never opens is only a warning.
+fn wait_listening(record: &MeshRecord, compiled: &CompiledCluster) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (_, w) in compiled.workloads() {
+        let key = w.pod.key().to_string();
+        let Some(pod) = record.pods.iter().find(|p| p.pod == key) else {
+            continue;
+        };
+        for port in w.pod.ports.iter().filter(|p| p.protocol == Protocol::TCP) {
+            while !netns::listening_ports(&pod.netns).contains(&port.port) {
+                if Instant::now() > deadline {
+                    eprintln!("warning: nothing listens on {key} port {} yet", port.port);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn start_container(pod: &PodRecord, c: &ContainerCommand, home: &Path) -> anyhow::Result<Child> {
+    Command::new("ip")
+        .args(["netns", "exec", &pod.netns])
+        .args(&c.argv)
+        .current_dir(home)
+        .stdin(Stdio::null())
+        .stdout(log_file(&home.join(format!("{}.log", c.container))))
+        .stderr(log_file(&home.join(format!("{}.err", c.container))))
+        .spawn()
+        .with_context(|| format!("pod {}: container {}: {:?}", pod.pod, c.container, c.argv))
+}
+
+/// Each pod, its IP and identity, and one allowed and one denied connection to try.
+pub fn summary(record: &MeshRecord, compiled: &CompiledCluster, dir: &Path) -> String {
+    let mut out = String::from("POD                          IP            IDENTITY\n");
+    for p in &record.pods {
+        out.push_str(&format!("{:<28} {:<13} {}\n", p.pod, p.ip, p.identity));
+    }
+    let mut allowed = None;
+    let mut denied = None;
+    let pods: Vec<_> = compiled.workloads().collect();
+    for (a, wa) in &pods {
+        for (b, wb) in &pods {
+            let (Some(&src), Some(&dst)) = (wa.pod.ips.first(), wb.pod.ips.first()) else {
+                continue;
+            };
+            for port in wb.pod.ports.iter().filter(|p| p.protocol == Protocol::TCP) {
+                let flow = Flow {
+                    source: palisade_policy::Endpoint {
+                        ip: src,
+                        workload: Some(*a),
+                    },
+                    destination: palisade_policy::Endpoint {
+                        ip: dst,
+                        workload: Some(*b),
+                    },
+                    protocol: Protocol::TCP,
+                    port: Some(port.port),
+                    icmp: None,
+                    http: None,
+                };
+                let slot = if compiled.evaluate(&flow).allowed {
+                    &mut allowed
+                } else {
+                    &mut denied
+                };
+                if slot.is_none() && a != b {
+                    *slot = Some((wa.pod.key(), wb.pod.key(), dst, port.port));
+                }
+            }
+        }
+    }
+    let try_line = |what: &str,
+                    c: Option<(
+        palisade_policy::model::PodKey,
+        palisade_policy::model::PodKey,
+        IpAddr,
+        u16,
+    )>| {
+        c.map(|(a, b, ip, port)| {
+            format!(
+                "\n{what}:\n  palisade exec {a} -- curl -sS -m 3 -o /dev/null -w '%{{http_code}}\\n' http://{ip}:{port}/\n  palisade explain -f {} --from {a} --to {b} --port {port}\n",
+                dir.display()
+            )
+        })
+        .unwrap_or_default()
+    };
+    out.push_str(&try_line("Try an allowed connection", allowed));
+    out.push_str(&try_line("Try a denied connection", denied));
+    out.push_str("\nFlows: palisade flows --follow    Status: palisade status    Stop: Ctrl-C (or palisade down)\n");
+    out
+}
+
+/// Until Ctrl-C or SIGTERM: when a file under `dir` changes, every proxy gets the new
+/// manifests (each reloads on its own; a bad object is reported here and skipped by
+/// the proxies, the rest applies).
+pub fn keep_in_step(dir: &Path, mesh: &Mesh) -> anyhow::Result<()> {
+    use notify::Watcher;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+            if e.is_ok_and(|e| e.kind.is_modify() || e.kind.is_create() || e.kind.is_remove()) {
+                let _ = tx.send(());
+            }
+        })?;
+        watcher.watch(dir, notify::RecursiveMode::Recursive)?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = term.recv() => return Ok(()),
+                changed = rx.recv() => {
+                    if changed.is_none() {
+                        return Ok(());
+                    }
+                    // Let a burst of writes settle.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    while rx.try_recv().is_ok() {}
+                    if let Err(e) = distribute(dir, mesh) {
+                        eprintln!("error: {e:#} (the proxies keep what they had)");
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn distribute(dir: &Path, mesh: &Mesh) -> anyhow::Result<()> {
+    let files = crate::cli::manifest_files(dir)?;
+    let mut manifests = palisade_policy::Manifests::default();
+    let mut problems = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+        for e in manifests.load_str(&file.display().to_string(), &text) {
+            eprintln!("error: {e} (skipped)");
+            problems += 1;
+        }
+    }
+    let (_, errors) = CompiledCluster::new(&manifests);
+    for e in &errors {
+        eprintln!("error: {e} (skipped)");
+    }
+    problems += errors.len();
+    for pod in &mesh.record.pods {
+        let state = run_dir()
+            .join("pods")
+            .join(pod.pod.replace('/', "_"))
+            .join("state/manifests");
+        pods::copy_manifests(&files, &state, PROXY_UID)?;
+    }
+    println!(
+        "manifests changed: sent to {} proxies ({problems} objects skipped)",
+        mesh.record.pods.len()
+    );
+    Ok(())
+}
