@@ -104,11 +104,10 @@ fn repo() -> PathBuf {
 
 /// Runs a printed `palisade exec ...` line the way a user pastes it into a shell.
 fn run_printed(mesh: &Mesh, line: &str) -> Output {
-    let line = line
-        .trim()
-        .replacen("palisade", env!("CARGO_BIN_EXE_palisade"), 1);
+    let line = line.trim();
+    assert!(line.starts_with(env!("CARGO_BIN_EXE_palisade")), "{line}");
     Command::new("sh")
-        .args(["-c", &line])
+        .args(["-c", line])
         .env("PALISADE_RUN_DIR", mesh.run_dir.path())
         .env("PALISADE_MESH_PREFIX", &mesh.prefix)
         .output()

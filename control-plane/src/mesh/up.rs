@@ -240,8 +240,10 @@ fn start_container(pod: &PodRecord, c: &ContainerCommand, home: &Path) -> anyhow
         .with_context(|| format!("pod {}: container {}: {:?}", pod.pod, c.container, c.argv))
 }
 
-/// Each pod, its IP and identity, and one allowed and one denied connection to try.
+/// Each pod, its IP and identity, and one allowed and one denied connection to try,
+/// written with the path `palisade` was started by, so they paste as they are.
 pub fn summary(record: &MeshRecord, compiled: &CompiledCluster, dir: &Path) -> String {
+    let me = std::env::args().next().unwrap_or_else(|| "palisade".into());
     let mut out = String::from("POD                          IP            IDENTITY\n");
     for p in &record.pods {
         out.push_str(&format!("{:<28} {:<13} {}\n", p.pod, p.ip, p.identity));
@@ -289,7 +291,7 @@ pub fn summary(record: &MeshRecord, compiled: &CompiledCluster, dir: &Path) -> S
     )>| {
         c.map(|(a, b, ip, port)| {
             format!(
-                "\n{what}:\n  palisade exec {a} -- curl -sS -m 3 -o /dev/null -w '%{{http_code}}\\n' http://{ip}:{port}/\n  palisade explain -f {} --from {a} --to {b} --port {port}\n",
+                "\n{what}:\n  {me} exec {a} -- curl -sS -m 3 -o /dev/null -w '%{{http_code}}\\n' http://{ip}:{port}/\n  {me} explain -f {} --from {a} --to {b} --port {port}\n",
                 dir.display()
             )
         })
@@ -297,7 +299,9 @@ pub fn summary(record: &MeshRecord, compiled: &CompiledCluster, dir: &Path) -> S
     };
     out.push_str(&try_line("Try an allowed connection", allowed));
     out.push_str(&try_line("Try a denied connection", denied));
-    out.push_str("\nFlows: palisade flows --follow    Status: palisade status    Stop: Ctrl-C (or palisade down)\n");
+    out.push_str(&format!(
+        "\nFlows: {me} flows --follow    Status: {me} status    Stop: Ctrl-C (or {me} down)\n"
+    ));
     out
 }
 
