@@ -185,8 +185,15 @@ impl Proxy {
 
     /// Relays an allowed connection to its end, with an interim record every
     /// `flow_interval`, then the final record.
-    pub async fn relay<A, B>(&self, conn: Connection, downstream: A, mut upstream: B)
-    where
+    /// `closed` fires when a new state denies the connection: it is cut at once and
+    /// its record says so.
+    pub async fn relay<A, B>(
+        &self,
+        conn: Connection,
+        downstream: A,
+        mut upstream: B,
+        closed: Option<&mut tokio::sync::oneshot::Receiver<crate::registry::Closed>>,
+    ) where
         A: AsyncRead + AsyncWrite + Unpin,
         B: AsyncRead + AsyncWrite + Unpin,
     {
@@ -213,9 +220,21 @@ impl Proxy {
             tokio::time::Instant::now() + self.flow_interval,
             self.flow_interval,
         );
+        let closed = async {
+            match closed {
+                Some(rx) => rx.await.ok(),
+                None => None,
+            }
+        };
+        tokio::pin!(closed);
+        let (mut closed_by, mut watching) = (None, true);
         let result = loop {
             tokio::select! {
                 r = &mut copy => break r,
+                c = &mut closed, if watching => match c {
+                    Some(c) => { closed_by = Some(c); break Ok(()); }
+                    None => watching = false,
+                },
                 _ = interim.tick() => self.write(conn.record("interim", Action::Allow, None, None)),
             }
         };
@@ -237,7 +256,24 @@ impl Proxy {
             tracing::debug!(error = %e, "relay ended with an error");
             Fault::Internal
         });
-        self.write(conn.record("end", Action::Allow, None, fault));
+        match closed_by {
+            Some(c) => {
+                tracing::info!(
+                    direction = conn.direction,
+                    source = %conn.source.ip,
+                    destination = %format!("{}:{}", conn.destination.ip, conn.destination.port),
+                    decided_by = %c.decided_by,
+                    version = c.version,
+                    "open connection closed by a new state"
+                );
+                let reason = format!(
+                    "closed: state version {} denies it ({})",
+                    c.version, c.decided_by
+                );
+                self.write(conn.record("end", Action::Deny, Some(reason), None));
+            }
+            None => self.write(conn.record("end", Action::Allow, None, fault)),
+        }
     }
 }
 

@@ -34,6 +34,10 @@ pub async fn handle(proxy: &Arc<Proxy>, peer: TcpStream, peer_addr: SocketAddr) 
         }
     };
     let mut conn = Connection::new("inbound", Reporter::Destination, peer_addr, destination);
+    // Registered before the state is loaded: see registry.
+    let mut registration = proxy
+        .open
+        .register(Direction::Ingress, peer_addr, destination);
     let Some(snapshot) = proxy.state.load_full() else {
         proxy.deny(&conn, Some("no policy or identity loaded yet".into()));
         return reset(peer).await;
@@ -71,7 +75,7 @@ pub async fn handle(proxy: &Arc<Proxy>, peer: TcpStream, peer_addr: SocketAddr) 
         }
         // Permissive: the peer is only what its IP says.
         if snapshot.policy.depends_on_http(&flow, Direction::Ingress) {
-            return serve_http(proxy, snapshot, conn, flow, peer, destination).await;
+            return serve_http(proxy, conn, flow, peer, destination).await;
         }
         let verdict = snapshot.policy.evaluate(&flow);
         conn.decided(&snapshot.policy, &verdict, Direction::Ingress);
@@ -79,7 +83,7 @@ pub async fn handle(proxy: &Arc<Proxy>, peer: TcpStream, peer_addr: SocketAddr) 
             proxy.deny(&conn, None);
             return reset(peer).await;
         }
-        return forward_to_app(proxy, conn, peer, destination).await;
+        return forward_to_app(proxy, conn, peer, destination, &mut registration).await;
     }
 
     let t0 = std::time::Instant::now();
@@ -115,6 +119,7 @@ pub async fn handle(proxy: &Arc<Proxy>, peer: TcpStream, peer_addr: SocketAddr) 
         }
     };
     conn.tls_peer = Some(identity.to_string());
+    registration.set_peer(&identity.to_string());
     // The certificate must belong to the pod that owns the source address; only then
     // are the labels that pod carries trusted for the verdict.
     let owner = source.workload.and_then(|w| snapshot.identity_of(w));
@@ -130,7 +135,7 @@ pub async fn handle(proxy: &Arc<Proxy>, peer: TcpStream, peer_addr: SocketAddr) 
         return close(tls).await;
     }
     if snapshot.policy.depends_on_http(&flow, Direction::Ingress) {
-        return serve_http(proxy, snapshot, conn, flow, tls, destination).await;
+        return serve_http(proxy, conn, flow, tls, destination).await;
     }
     let verdict = snapshot.policy.evaluate(&flow);
     conn.decided(&snapshot.policy, &verdict, Direction::Ingress);
@@ -138,13 +143,12 @@ pub async fn handle(proxy: &Arc<Proxy>, peer: TcpStream, peer_addr: SocketAddr) 
         proxy.deny(&conn, None);
         return close(tls).await;
     }
-    forward_to_app(proxy, conn, tls, destination).await;
+    forward_to_app(proxy, conn, tls, destination, &mut registration).await;
 }
 
 /// A port whose verdict depends on an HTTP rule: every request is decided on its own.
 async fn serve_http<S>(
     proxy: &Arc<Proxy>,
-    snapshot: Arc<crate::state::Snapshot>,
     conn: Connection,
     flow: Flow<'static>,
     peer: S,
@@ -153,14 +157,7 @@ async fn serve_http<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let dial = crate::http::upstream::Dial::Plain(destination);
-    let session = crate::http::Session::new(
-        proxy.clone(),
-        snapshot,
-        Direction::Ingress,
-        flow,
-        conn,
-        dial,
-    );
+    let session = crate::http::Session::new(proxy.clone(), Direction::Ingress, flow, conn, dial);
     crate::http::serve(session, peer).await;
 }
 
@@ -169,6 +166,7 @@ async fn forward_to_app<S>(
     conn: crate::conn::Connection,
     peer: S,
     destination: SocketAddr,
+    registration: &mut crate::registry::Registration<'_>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -179,7 +177,9 @@ async fn forward_to_app<S>(
                 app_connect_us = t0.elapsed().as_micros() as u64,
                 "app connected"
             );
-            proxy.relay(conn, peer, app).await
+            proxy
+                .relay(conn, peer, app, Some(&mut registration.closed))
+                .await
         }
         Err(e) => {
             proxy.deny(

@@ -23,6 +23,7 @@ pub mod init;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod registry;
 pub mod state;
 
 use std::future::Future;
@@ -59,6 +60,8 @@ pub struct Proxy {
     /// Long flows get an interim record this often.
     pub flow_interval: Duration,
     pub http: http::HttpLimits,
+    /// Open L4 connections, re-checked on every state change.
+    pub open: registry::OpenConnections,
 }
 
 impl Proxy {

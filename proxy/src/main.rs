@@ -201,10 +201,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let pod =
         PodKey::parse(&pod).with_context(|| format!("--pod {pod:?}: expected NAMESPACE/NAME"))?;
     let shared: state::SharedState = Arc::new(ArcSwapOption::empty());
-    let _watcher = state::watch(state_dir.clone(), pod, trust_domain, shared.clone())
-        .with_context(|| format!("watching {}", state_dir.display()))?;
     let proxy = Arc::new(Proxy {
-        state: shared,
+        state: shared.clone(),
         metrics: Metrics::default(),
         flows: FlowLog::start(&flow_log).with_context(|| format!("flow log {flow_log}"))?,
         mode,
@@ -221,7 +219,20 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             h2_max_concurrent_streams: http2_max_concurrent_streams,
             ..Default::default()
         },
+        open: Default::default(),
     });
+    let p = proxy.clone();
+    let _watcher = state::watch(state_dir.clone(), pod, trust_domain, shared, move |s| {
+        let closed = p.open.recheck(s);
+        if closed > 0 {
+            tracing::info!(
+                version = s.version,
+                closed,
+                "closed connections the new state denies"
+            );
+        }
+    })
+    .with_context(|| format!("watching {}", state_dir.display()))?;
     let admin_listener = TcpListener::bind(admin_addr)
         .await
         .map_err(|e| admin::bind_error(admin_addr, e))?;

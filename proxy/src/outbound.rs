@@ -25,6 +25,10 @@ pub async fn handle(proxy: &Arc<Proxy>, app: TcpStream, app_addr: SocketAddr) {
         }
     };
     let mut conn = Connection::new("outbound", Reporter::Source, app_addr, destination);
+    // Registered before the state is loaded: see registry.
+    let mut registration = proxy
+        .open
+        .register(Direction::Egress, app_addr, destination);
     // Fail closed: no snapshot means no policy or no identity yet.
     let Some(snapshot) = proxy.state.load_full() else {
         proxy.deny(&conn, Some("no policy or identity loaded yet".into()));
@@ -64,7 +68,9 @@ pub async fn handle(proxy: &Arc<Proxy>, app: TcpStream, app_addr: SocketAddr) {
     };
     let Some(peer) = target.workload else {
         // Not a mesh pod: plain TCP, as egress allowed.
-        return proxy.relay(conn, app, upstream).await;
+        return proxy
+            .relay(conn, app, upstream, Some(&mut registration.closed))
+            .await;
     };
     // A mesh pod: mTLS, and it must prove the identity its pod runs as.
     let Some(expected) = snapshot.identity_of(peer) else {
@@ -80,7 +86,9 @@ pub async fn handle(proxy: &Arc<Proxy>, app: TcpStream, app_addr: SocketAddr) {
         Ok(Ok(stream)) => {
             tracing::debug!(connect_and_handshake_us = t0.elapsed().as_micros() as u64, peer = %expected, "mTLS up");
             conn.tls_peer = Some(expected.to_string());
-            proxy.relay(conn, app, stream).await;
+            proxy
+                .relay(conn, app, stream, Some(&mut registration.closed))
+                .await;
         }
         Ok(Err(e)) => {
             proxy.handshake_failed("outbound");
@@ -124,7 +132,6 @@ async fn serve_http(
             }
         }
     };
-    let session =
-        crate::http::Session::new(proxy.clone(), snapshot, Direction::Egress, flow, conn, dial);
+    let session = crate::http::Session::new(proxy.clone(), Direction::Egress, flow, conn, dial);
     crate::http::serve(session, app).await;
 }

@@ -183,6 +183,7 @@ pub fn watch(
     pod: PodKey,
     trust_domain: String,
     state: SharedState,
+    on_load: impl Fn(&Snapshot) + Send + 'static,
 ) -> Result<notify::RecommendedWatcher, notify::Error> {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -203,7 +204,11 @@ pub fn watch(
                 tracing::warn!(error = %skipped, "manifest object skipped");
             }
             tracing::info!(version, "state loaded");
-            state.store(Some(Arc::new(snapshot)));
+            let snapshot = Arc::new(snapshot);
+            // Stored first, then announced: a connection that registers after the
+            // re-check began loads this state itself.
+            state.store(Some(snapshot.clone()));
+            on_load(&snapshot);
         }
         // The last good snapshot (or none: fail closed) stays in force.
         Err(e) => tracing::error!(error = %e, "state not loaded; keeping what was in force"),

@@ -614,3 +614,56 @@ fn ipv6_pods_are_meshed_and_enforced_like_ipv4_ones() {
     assert_eq!(rec["action"], "deny");
     assert_eq!(wait_for(&server_app, 1), vec![b"hello v6".to_vec()]);
 }
+
+#[test]
+fn a_state_change_closes_open_connections_it_denies_and_keeps_the_others() {
+    let w = mesh(&[]);
+    let _server_app = echo_server(w.ns(SERVER), w.addr(SERVER, 8080));
+    let _outside_app = echo_server(w.ns(OUTSIDE), w.addr(OUTSIDE, 8080));
+    let open = |to: std::net::SocketAddr| {
+        let mut s = in_netns(w.ns(CLIENT), move || TcpStream::connect(to)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+        s
+    };
+    let mut to_server = open(w.addr(SERVER, 8080));
+    let mut to_outside = open(w.addr(OUTSIDE, 8080));
+
+    // The client's egress rule to the server moves to another port.
+    let dir = w.hosts[CLIENT].state_dir.clone();
+    let edited = MANIFESTS.replacen(
+        "destination: {selector: app == 'server', ports: [8080]}",
+        "destination: {selector: app == 'server', ports: [9090]}",
+        1,
+    );
+    let tmp = dir.join("manifests/.cluster.yaml.tmp");
+    std::fs::write(&tmp, edited).unwrap();
+    std::os::unix::fs::chown(&tmp, Some(1337), Some(1337)).unwrap();
+    let written = std::time::Instant::now();
+    std::fs::rename(&tmp, dir.join("manifests/cluster.yaml")).unwrap();
+
+    // Now denied: closed within 1 s of the write.
+    let mut buf = [0u8; 4];
+    let n = to_server.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the denied connection is closed");
+    let took = written.elapsed();
+    assert!(took < Duration::from_secs(1), "closed after {took:?}");
+    eprintln!("state file written -> denied connection closed in {took:?}");
+    let rec = w.flow(CLIENT, |r| {
+        r["destination"]["pod"] == "server" && r["action"] == "deny"
+    });
+    assert!(
+        rec["reason"].as_str().is_some_and(
+            |r| r.starts_with("closed: state version 2 denies it (end-of-tier/default)")
+        ),
+        "{rec}"
+    );
+
+    // Still allowed: untouched.
+    to_outside.write_all(b"pong").unwrap();
+    to_outside.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"pong");
+}

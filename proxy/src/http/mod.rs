@@ -61,7 +61,6 @@ impl Default for HttpLimits {
 #[derive(Debug)]
 pub struct Session {
     pub proxy: Arc<Proxy>,
-    pub snapshot: Arc<Snapshot>,
     /// Ingress at this pod (inbound) or egress from it (outbound).
     pub direction: Direction,
     /// The connection's flow; each request adds its own `http`.
@@ -79,7 +78,6 @@ pub struct Session {
 impl Session {
     pub fn new(
         proxy: Arc<Proxy>,
-        snapshot: Arc<Snapshot>,
         direction: Direction,
         flow: Flow<'static>,
         conn: Connection,
@@ -89,7 +87,6 @@ impl Session {
         let id_prefix = format!("{:x}{:04x}", (conn.start * 1e3) as u64, conn.source.port);
         Session {
             proxy,
-            snapshot,
             direction,
             flow,
             conn,
@@ -99,6 +96,38 @@ impl Session {
             id_prefix,
             first_request: tokio::sync::Notify::new(),
         }
+    }
+}
+
+impl Session {
+    /// The connection's flow with its ends resolved under `snapshot`; for inbound
+    /// mTLS, the peer's identity must still own its source address.
+    pub fn flow_under(&self, snapshot: &Snapshot) -> Result<Flow<'static>, String> {
+        let me = palisade_policy::Endpoint {
+            workload: Some(snapshot.workload),
+            ..match self.direction {
+                Direction::Ingress => self.flow.destination,
+                Direction::Egress => self.flow.source,
+            }
+        };
+        let (source, destination) = match self.direction {
+            Direction::Ingress => (snapshot.policy.endpoint(self.flow.source.ip), me),
+            Direction::Egress => (me, snapshot.policy.endpoint(self.flow.destination.ip)),
+        };
+        if let (Direction::Ingress, Some(peer)) = (self.direction, &self.conn.tls_peer) {
+            let owner = source.workload.and_then(|w| snapshot.identity_of(w));
+            if owner.map(|o| o.to_string()).as_deref() != Some(peer.as_str()) {
+                return Err(format!(
+                    "identity {peer} no longer owns source IP {}",
+                    source.ip
+                ));
+            }
+        }
+        Ok(Flow {
+            source,
+            destination,
+            ..self.flow
+        })
     }
 }
 

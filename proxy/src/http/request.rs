@@ -78,13 +78,37 @@ pub async fn handle(
 
     // "Per request, the whole tiered evaluation runs again with the HTTP clause
     // active" (CALICO-SEMANTICS section 7).
-    let snapshot = &session.snapshot;
+    // Under the state in force now, not the one the connection was accepted under:
+    // a policy change applies from the next request on.
+    let Some(snapshot) = session.proxy.state.load_full() else {
+        return Ok(refuse(
+            &session,
+            &req,
+            &request_id,
+            &sent_target,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no policy or identity loaded",
+        ));
+    };
+    let base = match session.flow_under(&snapshot) {
+        Ok(flow) => flow,
+        Err(why) => {
+            return Ok(refuse(
+                &session,
+                &req,
+                &request_id,
+                &sent_target,
+                StatusCode::FORBIDDEN,
+                &why,
+            ))
+        }
+    };
     let flow = Flow {
         http: Some(HttpRequest {
             method: method.as_str(),
             path: &target.path,
         }),
-        ..session.flow
+        ..base
     };
     let verdict = snapshot.policy.evaluate(&flow);
     let mut conn = session.conn.clone();
