@@ -182,6 +182,35 @@ fn the_example_mesh_runs_for_real_and_follows_policy_edits() {
     );
     assert!(records.iter().any(|r| r["action"] == "deny"));
 
+    // A Service by name: the back Service's 3306 goes to nginx-back's 80, and the
+    // policy decides on that pod and port.
+    let out = mesh.palisade(&[
+        "exec",
+        "front/nginx-front",
+        "--",
+        "curl",
+        "-sS",
+        "-m",
+        "3",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://back.back.svc.cluster.local:3306/",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{out:?}");
+    let records = flows(&mesh);
+    let via_service = records
+        .iter()
+        .find(|r| r["service"] == "back/back" && r["reporter"] == "source")
+        .unwrap_or_else(|| panic!("no record names the Service: {records:?}"));
+    assert_eq!(via_service["destination"]["pod"], "nginx-back");
+    assert_eq!(via_service["destination"]["port"], 80);
+    assert_eq!(
+        via_service["policies"]["egress"],
+        "gnp/allow-egress-front-to-back:0"
+    );
+
     let status = String::from_utf8_lossy(&mesh.palisade(&["status"]).stdout).into_owned();
     assert_eq!(
         status.matches("ready, state version 1").count(),

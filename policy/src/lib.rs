@@ -23,6 +23,7 @@ pub mod model;
 pub mod policy;
 pub mod scenario;
 pub mod selector;
+pub mod services;
 pub mod verdict;
 
 pub use compile::{CompiledCluster, WorkloadId};

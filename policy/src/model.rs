@@ -157,6 +157,34 @@ pub struct Cluster {
     pub namespaces: Vec<Namespace>,
     pub service_accounts: Vec<ServiceAccount>,
     pub pods: Vec<Pod>,
+    pub services: Vec<Service>,
+}
+
+/// A Kubernetes Service: virtual addresses whose connections go to the pods its
+/// selector picks, at their target port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.clusterIP(s)`; empty for a headless Service.
+    pub cluster_ips: Vec<IpAddr>,
+    /// `None`: endpoints are managed by hand (not supported: no backends).
+    pub selector: Option<LabelMap>,
+    pub ports: Vec<ServicePort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub port: u16,
+    pub protocol: Protocol,
+    pub target: TargetPort,
+}
+
+/// `targetPort`: a number, or the name of a container port, resolved per pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
 }
 
 impl Cluster {

@@ -29,6 +29,8 @@ pub struct Connection {
     pub policies: FlowPolicies,
     pub tls_peer: Option<String>,
     pub counters: Arc<ByteCounters>,
+    /// `namespace/name` when the app connected to a Service's clusterIP.
+    pub service: Option<String>,
 }
 
 impl Connection {
@@ -48,6 +50,7 @@ impl Connection {
             policies: FlowPolicies::default(),
             tls_peer: None,
             counters: Arc::default(),
+            service: None,
         }
     }
 
@@ -149,6 +152,7 @@ impl Connection {
             fault,
             http: None,
             http_requests: None,
+            service: self.service.clone(),
         }
     }
 }

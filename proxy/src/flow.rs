@@ -108,6 +108,10 @@ pub struct FlowRecord {
     /// own record, with its own verdict).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_requests: Option<u64>,
+    /// The Service (`namespace/name`) whose clusterIP the app connected to; the
+    /// destination is the pod it was sent to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// One HTTP request, as decided.

@@ -34,6 +34,25 @@ pub async fn handle(proxy: &Arc<Proxy>, app: TcpStream, app_addr: SocketAddr) {
         proxy.deny(&conn, Some("no policy or identity loaded yet".into()));
         return reset(app).await;
     };
+    // A Service's clusterIP: one ready pod at its target port, and policy decides
+    // on that pod and port (post-DNAT, as Calico sees it).
+    let destination = match snapshot.pick_backend(destination) {
+        None => destination,
+        Some(Ok((service, backend))) => {
+            conn.destination = crate::flow::FlowEndpoint::address(backend.addr);
+            conn.service = Some(service);
+            registration.set_destination(backend.addr);
+            backend.addr
+        }
+        Some(Err(service)) => {
+            conn.service = Some(service.clone());
+            proxy.deny(
+                &conn,
+                Some(format!("service {service} has no ready endpoint")),
+            );
+            return reset(app).await;
+        }
+    };
     conn.describe(&snapshot);
     let source = Endpoint {
         ip: app_addr.ip(),

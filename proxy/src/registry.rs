@@ -57,6 +57,15 @@ impl Drop for Registration<'_> {
 }
 
 impl<'a> Registration<'a> {
+    /// The pod a Service connection was sent to (it registered with the clusterIP).
+    pub fn set_destination(&self, destination: SocketAddr) {
+        if let Ok(mut entries) = self.registry.entries.lock() {
+            if let Some(e) = entries.get_mut(&self.id) {
+                e.destination = destination;
+            }
+        }
+    }
+
     /// What the re-check needs to know once the handshake has told it.
     pub fn set_peer(&self, tls_peer: &str) {
         if let Ok(mut entries) = self.registry.entries.lock() {

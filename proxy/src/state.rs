@@ -43,6 +43,10 @@ pub struct Snapshot {
     client_tls: HashMap<SpiffeId, Arc<ClientConfig>>,
     /// Objects skipped at load, for /config.
     pub skipped: Vec<String>,
+    /// Service frontends (clusterIP:port) -> backends.
+    pub services: palisade_policy::services::ServiceTable,
+    /// Round robin over a Service's backends.
+    next_backend: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +115,8 @@ impl Snapshot {
             );
         }
         let (policy, errors) = CompiledCluster::new(&manifests);
+        let services =
+            palisade_policy::services::ServiceTable::build(&manifests.cluster.services, &policy);
         skipped.extend(errors.into_iter().map(|e| e.to_string()));
 
         let workload = policy
@@ -151,6 +157,8 @@ impl Snapshot {
             server_tls,
             client_tls,
             skipped,
+            services,
+            next_backend: Default::default(),
         })
     }
 
@@ -158,6 +166,22 @@ impl Snapshot {
     pub fn identity_of(&self, w: WorkloadId) -> Option<SpiffeId> {
         let pod = &self.policy.workload(w)?.pod;
         SpiffeId::new(&self.trust_domain, &pod.namespace, &pod.service_account).ok()
+    }
+
+    /// One backend of the Service at `frontend`, round robin (as Linkerd and
+    /// kube-proxy's default spread connections). `Err` names a Service without one.
+    pub fn pick_backend(
+        &self,
+        frontend: std::net::SocketAddr,
+    ) -> Option<Result<(String, palisade_policy::services::Backend), String>> {
+        let f = self.services.get(frontend)?;
+        let n = self
+            .next_backend
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(match f.backends.get(n % f.backends.len().max(1)) {
+            Some(b) => Ok((f.service.clone(), *b)),
+            None => Err(f.service.clone()),
+        })
     }
 
     pub fn client_tls(&self, id: &SpiffeId) -> Option<Arc<ClientConfig>> {

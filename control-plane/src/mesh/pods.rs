@@ -25,6 +25,8 @@ struct Metadata {
 #[serde(default)]
 struct Spec {
     containers: Vec<Container>,
+    #[serde(rename = "clusterIP")]
+    cluster_ip: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +76,31 @@ pub fn commands(
                 })
                 .collect();
             out.insert(key, commands);
+        }
+    }
+    Ok(out)
+}
+
+/// `(name, namespace, clusterIP)` of every Service with a cluster IP, for hosts files.
+pub fn service_ips(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<(String, String, String)>> {
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let Ok(doc) = Doc::deserialize(doc) else {
+                continue;
+            };
+            let Some(ip) = doc
+                .spec
+                .cluster_ip
+                .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+            else {
+                continue;
+            };
+            if doc.kind == "Service" {
+                let ns = doc.metadata.namespace.unwrap_or_else(|| "default".into());
+                out.push((doc.metadata.name, ns, ip));
+            }
         }
     }
     Ok(out)

@@ -72,6 +72,7 @@ pub fn start(dir: &Path, files: &[PathBuf], compiled: &CompiledCluster) -> anyho
     let ca = CertificateAuthority::load_or_generate(CaConfig::default(), &run.join("ca"))
         .context("the mesh CA")?;
     let commands = pods::commands(files)?;
+    let services = pods::service_ips(files)?;
 
     let mut mesh = Mesh {
         record: MeshRecord {
@@ -100,7 +101,7 @@ pub fn start(dir: &Path, files: &[PathBuf], compiled: &CompiledCluster) -> anyho
         let state = home.join("state");
         std::fs::create_dir_all(&state)?;
         netns::create_pod(&netns, &bridge, &format!("{prefix}v{i}"), ip)?;
-        write_hosts(&netns, compiled)?;
+        write_hosts(&netns, compiled, &services)?;
         write_identity(&ca, &identity, &state)?;
         pods::copy_manifests(files, &state.join("manifests"), PROXY_UID)?;
         let flow_log = home.join("flows.jsonl");
@@ -175,8 +176,13 @@ fn write_identity(ca: &CertificateAuthority, id: &SpiffeId, state: &Path) -> any
 }
 
 /// `/etc/netns/<netns>/hosts` (what `ip netns exec` shows as /etc/hosts): every pod
-/// as `<pod>.<ns>` and `<pod>.<ns>.pod.cluster.local`.
-fn write_hosts(netns: &str, compiled: &CompiledCluster) -> anyhow::Result<()> {
+/// as `<pod>.<ns>` and `<pod>.<ns>.pod.cluster.local`, every Service as
+/// `<svc>.<ns>` and `<svc>.<ns>.svc.cluster.local` (its clusterIP).
+fn write_hosts(
+    netns: &str,
+    compiled: &CompiledCluster,
+    services: &[(String, String, String)],
+) -> anyhow::Result<()> {
     let dir = Path::new("/etc/netns").join(netns);
     std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
     let mut hosts = String::from("127.0.0.1 localhost\n::1 localhost\n");
@@ -185,6 +191,9 @@ fn write_hosts(netns: &str, compiled: &CompiledCluster) -> anyhow::Result<()> {
             let (name, ns) = (&w.pod.name, &w.pod.namespace);
             hosts.push_str(&format!("{ip} {name}.{ns} {name}.{ns}.pod.cluster.local\n"));
         }
+    }
+    for (name, ns, ip) in services {
+        hosts.push_str(&format!("{ip} {name}.{ns} {name}.{ns}.svc.cluster.local\n"));
     }
     std::fs::write(dir.join("hosts"), hosts)?;
     Ok(())

@@ -46,6 +46,56 @@ pub(super) fn service_account(value: Value) -> Result<model::ServiceAccount, Fie
     })
 }
 
+pub(super) fn service(value: Value) -> Result<model::Service, FieldError> {
+    let svc: core::Service = typed(value, "")?;
+    let spec = svc.spec.unwrap_or_default();
+    let mut cluster_ips = Vec::new();
+    let listed = spec.cluster_ips.iter().flatten().enumerate();
+    for (i, ip) in listed.filter(|(_, ip)| ip.as_str() != "None") {
+        cluster_ips.push(parse_ip(ip, &format!("spec.clusterIPs[{i}]"))?);
+    }
+    if let Some(ip) = spec
+        .cluster_ip
+        .as_deref()
+        .filter(|ip| *ip != "None" && !ip.is_empty())
+    {
+        let ip = parse_ip(ip, "spec.clusterIP")?;
+        if !cluster_ips.contains(&ip) {
+            cluster_ips.insert(0, ip);
+        }
+    }
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| FieldError::new(join(&at, "port"), "must be 1-65535"))?;
+        let target = match &p.target_port {
+            None => model::TargetPort::Number(port),
+            Some(IntOrString::Int(n)) => model::TargetPort::Number(
+                u16::try_from(*n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| FieldError::new(join(&at, "targetPort"), "must be 1-65535"))?,
+            ),
+            Some(IntOrString::String(name)) => model::TargetPort::Name(name.clone()),
+        };
+        ports.push(model::ServicePort {
+            port,
+            protocol: kubernetes_protocol(p.protocol.as_deref(), &join(&at, "protocol"))?,
+            target,
+        });
+    }
+    Ok(model::Service {
+        namespace: svc.metadata.namespace.unwrap_or_else(|| "default".into()),
+        name: svc.metadata.name.unwrap_or_default(),
+        cluster_ips,
+        selector: spec.selector,
+        ports,
+    })
+}
+
 pub(super) fn pod(value: Value) -> Result<model::Pod, FieldError> {
     let pod: core::Pod = typed(value, "")?;
     let spec = pod.spec.unwrap_or_default();

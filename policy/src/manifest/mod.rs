@@ -185,6 +185,7 @@ impl Manifests {
                 kubernetes::service_account(value).map(|s| self.cluster.service_accounts.push(s))
             }
             ("v1", "Pod") => kubernetes::pod(value).map(|p| self.cluster.pods.push(p)),
+            ("v1", "Service") => kubernetes::service(value).map(|s| self.cluster.services.push(s)),
             ("networking.k8s.io/v1", "NetworkPolicy") => {
                 kubernetes::network_policy(value).map(|p| self.policies.push(p))
             }
@@ -202,7 +203,7 @@ impl Manifests {
                     None => Ok(()), // another Calico kind (IPPool, ...): not policy
                 }
             }
-            // Deployments, Services and the rest carry no policy yet.
+            // Deployments and the rest carry no policy.
             _ => Ok(()),
         };
         if let Err(e) = result {
