@@ -10,6 +10,7 @@
 //! Bytes that are not HTTP, or no request before the detection timeout, are denied
 //! and logged: such a connection is never relayed as TCP.
 
+pub mod linger;
 pub mod request;
 pub mod upstream;
 
@@ -138,6 +139,7 @@ where
 {
     let session = Arc::new(session);
     let limits = session.proxy.http.clone();
+    let downstream = linger::Lingering::new(downstream);
     let io = TokioIo::new(Counted::new(downstream, session.conn.counters.clone()));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
