@@ -122,16 +122,8 @@ pub async fn handle(proxy: &Arc<Proxy>, peer: TcpStream, peer_addr: SocketAddr) 
     registration.set_peer(&identity.to_string());
     // The certificate must belong to the pod that owns the source address; only then
     // are the labels that pod carries trusted for the verdict.
-    let owner = source.workload.and_then(|w| snapshot.identity_of(w));
-    if owner.as_ref() != Some(&identity) {
-        let owner = owner.map_or_else(|| "no mesh pod".to_owned(), |o| o.to_string());
-        proxy.deny(
-            &conn,
-            Some(format!(
-                "identity {identity} does not own source IP {} (owned by {owner})",
-                peer_addr.ip()
-            )),
-        );
+    if let Err(why) = snapshot.check_owner(&identity.to_string(), &source) {
+        proxy.deny(&conn, Some(why));
         return close(tls).await;
     }
     if snapshot.policy.depends_on_http(&flow, Direction::Ingress) {

@@ -149,12 +149,8 @@ fn denied_now(entry: &Entry, snapshot: &Snapshot) -> Option<String> {
         Direction::Ingress => (policy.endpoint(entry.source.ip()), me),
     };
     if let (Direction::Ingress, Some(peer)) = (entry.direction, &entry.tls_peer) {
-        let owner = source.workload.and_then(|w| snapshot.identity_of(w));
-        if owner.map(|o| o.to_string()).as_deref() != Some(peer.as_str()) {
-            return Some(format!(
-                "identity {peer} no longer owns source IP {}",
-                entry.source.ip()
-            ));
+        if let Err(why) = snapshot.check_owner(peer, &source) {
+            return Some(why);
         }
     }
     let flow = Flow {

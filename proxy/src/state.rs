@@ -162,6 +162,27 @@ impl Snapshot {
         })
     }
 
+    /// `Err(why)` unless `peer` is the identity of the pod that owns `source`: only
+    /// then are that pod's labels trusted for a verdict (the stolen-certificate case).
+    pub fn check_owner(
+        &self,
+        peer: &str,
+        source: &palisade_policy::Endpoint,
+    ) -> Result<(), String> {
+        let owner = source.workload.and_then(|w| self.identity_of(w));
+        match owner {
+            Some(o) if o.to_string() == peer => Ok(()),
+            Some(o) => Err(format!(
+                "identity {peer} does not own source IP {} (owned by {o})",
+                source.ip
+            )),
+            None => Err(format!(
+                "identity {peer} does not own source IP {} (owned by no mesh pod)",
+                source.ip
+            )),
+        }
+    }
+
     /// The mesh identity of a workload: its namespace and service account.
     pub fn identity_of(&self, w: WorkloadId) -> Option<SpiffeId> {
         let pod = &self.policy.workload(w)?.pod;

@@ -116,13 +116,7 @@ impl Session {
             Direction::Egress => (me, snapshot.policy.endpoint(self.flow.destination.ip)),
         };
         if let (Direction::Ingress, Some(peer)) = (self.direction, &self.conn.tls_peer) {
-            let owner = source.workload.and_then(|w| snapshot.identity_of(w));
-            if owner.map(|o| o.to_string()).as_deref() != Some(peer.as_str()) {
-                return Err(format!(
-                    "identity {peer} no longer owns source IP {}",
-                    source.ip
-                ));
-            }
+            snapshot.check_owner(peer, &source)?;
         }
         Ok(Flow {
             source,
