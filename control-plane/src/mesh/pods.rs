@@ -44,66 +44,60 @@ pub struct ContainerCommand {
     pub argv: Vec<String>,
 }
 
+/// Every document of `files` that parses as an object; the rest are the policy
+/// loader's to report.
+fn documents(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<Doc>> {
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+        out.extend(
+            serde_norway::Deserializer::from_str(&text).filter_map(|d| Doc::deserialize(d).ok()),
+        );
+    }
+    Ok(out)
+}
+
 /// `namespace/name` -> the commands of its containers (containers without a command
 /// are skipped: the local mesh has no images to take an entrypoint from).
 pub fn commands(
     files: &[std::path::PathBuf],
 ) -> anyhow::Result<BTreeMap<String, Vec<ContainerCommand>>> {
     let mut out = BTreeMap::new();
-    for file in files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
-        for doc in serde_norway::Deserializer::from_str(&text) {
-            // Bad documents are the policy loader's to report; here they are skipped.
-            let Ok(doc) = Doc::deserialize(doc) else {
-                continue;
-            };
-            if doc.kind != "Pod" {
-                continue;
-            }
-            let key = format!(
-                "{}/{}",
-                doc.metadata.namespace.as_deref().unwrap_or("default"),
-                doc.metadata.name
-            );
-            let commands = doc
-                .spec
-                .containers
-                .into_iter()
-                .filter(|c| !c.command.is_empty())
-                .map(|c| ContainerCommand {
-                    container: c.name,
-                    argv: c.command.into_iter().chain(c.args).collect(),
-                })
-                .collect();
-            out.insert(key, commands);
-        }
+    for doc in documents(files)?.into_iter().filter(|d| d.kind == "Pod") {
+        let key = format!(
+            "{}/{}",
+            doc.metadata.namespace.as_deref().unwrap_or("default"),
+            doc.metadata.name
+        );
+        let commands = doc
+            .spec
+            .containers
+            .into_iter()
+            .filter(|c| !c.command.is_empty())
+            .map(|c| ContainerCommand {
+                container: c.name,
+                argv: c.command.into_iter().chain(c.args).collect(),
+            })
+            .collect();
+        out.insert(key, commands);
     }
     Ok(out)
 }
 
 /// `(name, namespace, clusterIP)` of every Service with a cluster IP, for hosts files.
 pub fn service_ips(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<(String, String, String)>> {
-    let mut out = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
-        for doc in serde_norway::Deserializer::from_str(&text) {
-            let Ok(doc) = Doc::deserialize(doc) else {
-                continue;
-            };
-            let Some(ip) = doc
+    Ok(documents(files)?
+        .into_iter()
+        .filter(|d| d.kind == "Service")
+        .filter_map(|d| {
+            let ip = d
                 .spec
                 .cluster_ip
-                .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
-            else {
-                continue;
-            };
-            if doc.kind == "Service" {
-                let ns = doc.metadata.namespace.unwrap_or_else(|| "default".into());
-                out.push((doc.metadata.name, ns, ip));
-            }
-        }
-    }
-    Ok(out)
+                .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())?;
+            let ns = d.metadata.namespace.unwrap_or_else(|| "default".into());
+            Some((d.metadata.name, ns, ip))
+        })
+        .collect())
 }
 
 /// Copies the manifests into `dest` (flat, numbered to keep the order and avoid name

@@ -353,20 +353,8 @@ pub fn keep_in_step(dir: &Path, mesh: &Mesh) -> anyhow::Result<()> {
 
 fn distribute(dir: &Path, mesh: &Mesh) -> anyhow::Result<()> {
     let files = crate::cli::manifest_files(dir)?;
-    let mut manifests = palisade_policy::Manifests::default();
-    let mut problems = 0;
-    for file in &files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
-        for e in manifests.load_str(&file.display().to_string(), &text) {
-            eprintln!("error: {e} (skipped)");
-            problems += 1;
-        }
-    }
-    let (_, errors) = CompiledCluster::new(&manifests);
-    for e in &errors {
-        eprintln!("error: {e} (skipped)");
-    }
-    problems += errors.len();
+    // The CLI's loader reports every bad object (file, object, field) on stderr.
+    let (_, problems) = crate::cli::compile(&[dir.to_owned()])?;
     for pod in &mesh.record.pods {
         let state = run_dir()
             .join("pods")
