@@ -42,7 +42,8 @@ pub enum CredentialError {
 /// A key pair waiting for its certificate.
 #[derive(Debug)]
 pub struct PendingKey {
-    identity: SpiffeId,
+    /// What the certificate must certify; `None` at bootstrap, when the CA decides.
+    identity: Option<SpiffeId>,
     key: KeyPair,
 }
 
@@ -64,20 +65,33 @@ pub fn certificates_pem(chain: &[CertificateDer<'_>]) -> String {
 /// A CSR for `identity` with a fresh ECDSA P-256 key. The CA decides the identity
 /// it certifies; the one in the CSR is only a courtesy.
 pub fn request(identity: &SpiffeId) -> Result<(PendingKey, Vec<u8>), CredentialError> {
+    make_request(Some(identity))
+}
+
+/// A CSR naming no identity, for bootstrap: the proxy does not know its identity
+/// yet; the CA certifies the one its bootstrap token proves, and the proxy takes
+/// that identity from the certificate.
+pub fn request_bootstrap() -> Result<(PendingKey, Vec<u8>), CredentialError> {
+    make_request(None)
+}
+
+fn make_request(identity: Option<&SpiffeId>) -> Result<(PendingKey, Vec<u8>), CredentialError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(|e| CredentialError::Request(e.to_string()))?;
     let mut params = CertificateParams::default();
-    let uri = identity
-        .uri()
-        .try_into()
-        .map_err(|e: rcgen::Error| CredentialError::Request(e.to_string()))?;
-    params.subject_alt_names = vec![SanType::URI(uri)];
+    if let Some(identity) = identity {
+        let uri = identity
+            .uri()
+            .try_into()
+            .map_err(|e: rcgen::Error| CredentialError::Request(e.to_string()))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+    }
     let csr = params
         .serialize_request(&key)
         .map_err(|e| CredentialError::Request(e.to_string()))?;
     Ok((
         PendingKey {
-            identity: identity.clone(),
+            identity: identity.cloned(),
             key,
         },
         csr.der().to_vec(),
@@ -105,11 +119,13 @@ impl Credentials {
             .first()
             .ok_or_else(|| CredentialError::Issuer("empty certificate chain".into()))?;
         let got = leaf_identity(leaf, trust_domain)?;
-        if got != pending.identity {
-            return Err(CredentialError::WrongIdentity {
-                expected: Box::new(pending.identity),
-                got: Box::new(got),
-            });
+        if let Some(expected) = pending.identity {
+            if got != expected {
+                return Err(CredentialError::WrongIdentity {
+                    expected: Box::new(expected),
+                    got: Box::new(got),
+                });
+            }
         }
         let (_, cert) =
             X509Certificate::from_der(leaf).map_err(|e| SvidError::Malformed(e.to_string()))?;
@@ -124,7 +140,7 @@ impl Credentials {
             .map_err(CredentialError::Key)?;
         let certified = Arc::new(CertifiedKey::new(chain, signing_key));
         Ok(Credentials {
-            identity: pending.identity,
+            identity: got,
             not_before,
             not_after,
             certified,
@@ -150,7 +166,11 @@ impl Credentials {
             .first()
             .ok_or_else(|| CredentialError::Issuer("no certificate in the PEM".into()))?;
         let identity = leaf_identity(leaf, trust_domain)?;
-        Credentials::new(PendingKey { identity, key }, chain, trust_domain)
+        let pending = PendingKey {
+            identity: Some(identity),
+            key,
+        };
+        Credentials::new(pending, chain, trust_domain)
     }
 
     /// Renew at half-life, as SPIRE and Istio do, so a late CA still leaves time.

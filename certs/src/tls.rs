@@ -28,6 +28,9 @@ use crate::svid::{leaf_identity, SvidError};
 /// The ALPN protocol spoken between Palisade proxies.
 pub const ALPN: &[u8] = b"palisade/1";
 
+/// The ALPN protocol of the control plane's gRPC service.
+pub const CONTROL_ALPN: &[u8] = b"h2";
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {
     #[error(transparent)]
@@ -58,6 +61,7 @@ pub fn server_config(
     let verifier = Arc::new(SpiffeClientVerifier {
         webpki,
         trust_domain,
+        mandatory: true,
     });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -67,6 +71,61 @@ pub fn server_config(
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// The control plane's server side: gRPC (ALPN h2). A client certificate is
+/// optional, because a proxy that has no identity yet comes to get one with its
+/// bootstrap token; one that is presented is verified like a mesh peer's, and the
+/// service decides per call whether it needs it.
+pub fn control_plane_server_config(
+    identity: Arc<IdentityStore>,
+    bundle: &TrustBundle,
+) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    let provider = provider();
+    let trust_domain = identity.current().identity.trust_domain().to_owned();
+    let webpki =
+        WebPkiClientVerifier::builder_with_provider(bundle.root_store()?, provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsConfigError::Rustls(e.to_string()))?;
+    let verifier = Arc::new(SpiffeClientVerifier {
+        webpki,
+        trust_domain,
+        mandatory: false,
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsConfigError::Rustls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(identity);
+    config.alpn_protocols = vec![CONTROL_ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A proxy's side of the control-plane connection: the server must chain to
+/// `bundle` and be `expected`; `identity` is presented when the proxy has one.
+pub fn control_plane_client_config(
+    identity: Option<Arc<IdentityStore>>,
+    bundle: &TrustBundle,
+    expected: SpiffeId,
+) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    let provider = provider();
+    let verifier = Arc::new(SpiffeServerVerifier {
+        roots: bundle.root_store()?,
+        algorithms: provider.signature_verification_algorithms,
+        expected,
+    });
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsConfigError::Rustls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match identity {
+        Some(identity) => builder.with_client_cert_resolver(identity),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![CONTROL_ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -115,9 +174,14 @@ pub fn peer_identity(
 struct SpiffeClientVerifier {
     webpki: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
+    mandatory: bool,
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.webpki.root_hint_subjects()
     }

@@ -7,6 +7,7 @@
 
 mod calico;
 mod kubernetes;
+mod objects;
 #[cfg(test)]
 mod tests;
 
@@ -15,6 +16,8 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
+
+pub use objects::{objects, FileObjects, ObjectError, SourceObject};
 
 use crate::model::Cluster;
 use crate::policy::{Policy, Tier};
@@ -113,6 +116,38 @@ impl Manifests {
             self.load_value(file, index, document, &mut errors);
         }
         errors
+    }
+
+    /// Loads one object given as JSON (as `palisade serve` distributes them);
+    /// `origin` names it in errors.
+    pub fn load_json(&mut self, origin: &str, json: &str) -> Vec<LoadError> {
+        let mut errors = Vec::new();
+        match serde_json::from_str::<Value>(json) {
+            Ok(value) => self.load_value(origin, 1, value, &mut errors),
+            Err(e) => errors.push(LoadError {
+                file: origin.to_owned(),
+                document: None,
+                object: None,
+                field: None,
+                message: format!("invalid JSON: {e}"),
+            }),
+        }
+        errors
+    }
+
+    /// Objects held, of every kind.
+    pub fn len(&self) -> usize {
+        let c = &self.cluster;
+        c.namespaces.len()
+            + c.service_accounts.len()
+            + c.pods.len()
+            + c.services.len()
+            + self.policies.len()
+            + self.tiers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn load_value(
