@@ -6,6 +6,7 @@ use clap::Parser;
 
 mod cli;
 mod mesh;
+mod serve;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();

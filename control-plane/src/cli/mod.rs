@@ -42,6 +42,8 @@ enum Command {
     Exec(mesh::ExecArgs),
     /// The local mesh's flow log, filtered, optionally followed.
     Flows(mesh::FlowsArgs),
+    /// The control plane: watches manifests, runs the CA, streams state to proxies.
+    Serve(crate::serve::ServeArgs),
 }
 
 /// Human-readable text, or stable JSON for scripts.
@@ -62,5 +64,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Status => crate::mesh::ops::status(),
         Command::Exec(a) => mesh::exec(a),
         Command::Flows(a) => mesh::flows(a),
+        Command::Serve(a) => crate::serve::run(a).map(|()| ExitCode::SUCCESS),
     }
 }
