@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod conn;
+pub mod control;
 pub mod flow;
 pub mod forward;
 pub mod http;

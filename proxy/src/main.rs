@@ -81,9 +81,27 @@ struct InitArgs {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// State directory: identity.crt, identity.key, bundle.crt, manifests/.
-    #[arg(long, env = "PALISADE_STATE_DIR")]
-    state_dir: PathBuf,
+    /// The control plane (HOST:PORT): identity and state come from its stream.
+    #[arg(long, env = "PALISADE_CONTROL_PLANE", conflicts_with = "state_dir")]
+    control_plane: Option<SocketAddr>,
+    /// With --control-plane: the file holding this pod's bootstrap token.
+    #[arg(
+        long,
+        env = "PALISADE_BOOTSTRAP_TOKEN_FILE",
+        requires = "control_plane"
+    )]
+    bootstrap_token_file: Option<PathBuf>,
+    /// With --control-plane: the roots (PEM) its certificate must chain to.
+    #[arg(long, env = "PALISADE_CONTROL_PLANE_CA", requires = "control_plane")]
+    control_plane_ca: Option<PathBuf>,
+    /// File mode, for a proxy run by hand: a directory with identity.crt,
+    /// identity.key, bundle.crt and manifests/, reloaded when it changes.
+    #[arg(
+        long,
+        env = "PALISADE_STATE_DIR",
+        required_unless_present = "control_plane"
+    )]
+    state_dir: Option<PathBuf>,
     /// This pod, NAMESPACE/NAME.
     #[arg(long, env = "PALISADE_POD")]
     pod: String,
@@ -179,6 +197,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
+        control_plane,
+        bootstrap_token_file,
+        control_plane_ca,
         state_dir,
         pod,
         trust_domain,
@@ -221,8 +242,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         },
         open: Default::default(),
     });
+    // On every state put in force: close the open connections it denies.
     let p = proxy.clone();
-    let _watcher = state::watch(state_dir.clone(), pod, trust_domain, shared, move |s| {
+    let recheck = move |s: &state::Snapshot| {
         let closed = p.open.recheck(s);
         if closed > 0 {
             tracing::info!(
@@ -231,8 +253,27 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 "closed connections the new state denies"
             );
         }
-    })
-    .with_context(|| format!("watching {}", state_dir.display()))?;
+    };
+    let mut _watcher = None;
+    match (control_plane, state_dir) {
+        (Some(addr), _) => {
+            let config = control_plane_config(
+                addr,
+                pod,
+                trust_domain,
+                bootstrap_token_file,
+                control_plane_ca,
+            )?;
+            tokio::spawn(palisade_proxy::control::run(config, shared, recheck));
+        }
+        (None, Some(dir)) => {
+            _watcher = Some(
+                state::watch(dir.clone(), pod, trust_domain, shared, recheck)
+                    .with_context(|| format!("watching {}", dir.display()))?,
+            );
+        }
+        (None, None) => anyhow::bail!("--control-plane or --state-dir is required"),
+    }
     let admin_listener = TcpListener::bind(admin_addr)
         .await
         .map_err(|e| admin::bind_error(admin_addr, e))?;
@@ -267,6 +308,37 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
     }
     Ok(())
+}
+
+fn control_plane_config(
+    addr: SocketAddr,
+    pod: PodKey,
+    trust_domain: String,
+    token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+) -> anyhow::Result<palisade_proxy::control::ControlPlane> {
+    let token_file =
+        token_file.context("--bootstrap-token-file is required with --control-plane")?;
+    let ca_file = ca_file.context("--control-plane-ca is required with --control-plane")?;
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("{}", token_file.display()))?
+        .trim()
+        .to_owned();
+    let pem = std::fs::read(&ca_file).with_context(|| format!("{}", ca_file.display()))?;
+    use rustls::pki_types::pem::PemObject;
+    let roots: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: certificates (PEM)", ca_file.display()))?;
+    if roots.is_empty() {
+        anyhow::bail!("{}: no certificate in it", ca_file.display());
+    }
+    Ok(palisade_proxy::control::ControlPlane {
+        addr,
+        pod,
+        bootstrap_token: token,
+        roots: palisade_certs::TrustBundle::new(roots),
+        trust_domain,
+    })
 }
 
 /// 0.0.0.0:port and, when the namespace has IPv6, [::]:port (IPv6 only, so the two

@@ -2,8 +2,8 @@
 //! a connection loads it once, lock-free, and uses that version to the end.
 //! `None` means nothing valid has loaded yet: every connection is denied (fail closed).
 //!
-//! File mode (until the control-plane stream exists, and afterwards for debugging a
-//! proxy by hand) reads a state directory:
+//! Two ways in: the control plane's stream (`control.rs`, the normal way) or, for a
+//! proxy run by hand, file mode, which reads a state directory:
 //! ```text
 //! DIR/identity.crt   this pod's X.509-SVID chain, leaf first (PEM)
 //! DIR/identity.key   its PKCS#8 key (PEM)
@@ -49,8 +49,23 @@ pub struct Snapshot {
     next_backend: std::sync::atomic::AtomicUsize,
 }
 
+/// What a snapshot is built from, whichever way it arrived (files or the stream).
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    /// Shared across snapshots: a renewal replaces the credentials inside it.
+    pub identity: Arc<IdentityStore>,
+    pub bundle: &'a TrustBundle,
+    pub manifests: &'a Manifests,
+    /// Objects already known to be skipped (reported on /config).
+    pub skipped: Vec<String>,
+    pub pod: &'a PodKey,
+    pub trust_domain: &'a str,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    #[error("TLS configuration: {0}")]
+    Tls(String),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("pod {0} is not in the manifests (a Pod with status.podIP)")]
@@ -71,6 +86,7 @@ fn read(path: &Path) -> Result<String, StateError> {
 }
 
 impl Snapshot {
+    /// File mode: the state directory's files, then [`Snapshot::build`].
     pub fn load(
         dir: &Path,
         pod: &PodKey,
@@ -114,7 +130,36 @@ impl Snapshot {
                     .map(|e| e.to_string()),
             );
         }
-        let (policy, errors) = CompiledCluster::new(&manifests);
+        let identity = IdentityStore::new(credentials);
+        Snapshot::build(
+            Inputs {
+                identity,
+                bundle: &bundle,
+                manifests: &manifests,
+                skipped,
+                pod,
+                trust_domain,
+            },
+            version,
+        )
+        .map_err(|e| match e {
+            StateError::Tls(message) => file_error(&bundle_path, message),
+            e => e,
+        })
+    }
+
+    /// Compiles `manifests` and builds the TLS configs: everything a connection
+    /// needs, checked to belong together (the identity must be the pod's).
+    pub fn build(inputs: Inputs<'_>, version: u64) -> Result<Snapshot, StateError> {
+        let Inputs {
+            identity,
+            bundle,
+            manifests,
+            mut skipped,
+            pod,
+            trust_domain,
+        } = inputs;
+        let (policy, errors) = CompiledCluster::new(manifests);
         let services =
             palisade_policy::services::ServiceTable::build(&manifests.cluster.services, &policy);
         skipped.extend(errors.into_iter().map(|e| e.to_string()));
@@ -125,16 +170,16 @@ impl Snapshot {
         let expected = policy.workload(workload).and_then(|w| {
             SpiffeId::new(trust_domain, &w.pod.namespace, &w.pod.service_account).ok()
         });
-        if expected.as_ref() != Some(&credentials.identity) {
+        let held = identity.current().identity.clone();
+        if expected.as_ref() != Some(&held) {
             return Err(StateError::IdentityMismatch {
                 pod: pod.clone(),
                 expected: expected.map(|e| e.to_string()).unwrap_or_default(),
-                got: credentials.identity.to_string(),
+                got: held.to_string(),
             });
         }
-        let identity = IdentityStore::new(credentials);
-        let server_tls = server_config(identity.clone(), &bundle)
-            .map_err(|e| file_error(&bundle_path, e.to_string()))?;
+        let tls_error = |e: palisade_certs::tls::TlsConfigError| StateError::Tls(e.to_string());
+        let server_tls = server_config(identity.clone(), bundle).map_err(tls_error)?;
         let mut client_tls = HashMap::new();
         for (_, w) in policy.workloads() {
             let Ok(id) = SpiffeId::new(trust_domain, &w.pod.namespace, &w.pod.service_account)
@@ -142,8 +187,8 @@ impl Snapshot {
                 continue;
             };
             if let std::collections::hash_map::Entry::Vacant(slot) = client_tls.entry(id) {
-                let config = client_config(identity.clone(), &bundle, slot.key().clone())
-                    .map_err(|e| file_error(&bundle_path, e.to_string()))?;
+                let config = client_config(identity.clone(), bundle, slot.key().clone())
+                    .map_err(tls_error)?;
                 slot.insert(config);
             }
         }

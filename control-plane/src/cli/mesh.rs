@@ -46,10 +46,10 @@ pub struct FlowsArgs {
 pub fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     let files = load::manifest_files(&a.dir)?;
     let (compiled, _) = load::compile(std::slice::from_ref(&a.dir))?;
-    let mesh = mesh::up::start(&a.dir, &files, &compiled)?;
+    let mut mesh = mesh::up::start(&a.dir, &files, &compiled)?;
     println!("{}", mesh::up::summary(&mesh.record, &compiled, &a.dir));
     println!("mesh is up");
-    mesh::up::keep_in_step(&a.dir, &mesh)?;
+    mesh::up::wait(&mut mesh)?;
     drop(mesh);
     println!("mesh removed");
     Ok(ExitCode::SUCCESS)

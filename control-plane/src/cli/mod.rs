@@ -6,7 +6,7 @@ mod matrix;
 mod mesh;
 mod test;
 
-pub use load::{compile, manifest_files};
+pub use load::manifest_files;
 
 use std::process::ExitCode;
 

@@ -4,9 +4,10 @@
 //! its container command. `down`, `status`, `exec` and `flows` work on what `up`
 //! recorded in the run directory.
 //!
-//! Until `palisade serve` streams state to proxies, `up` hands each proxy its state as
-//! files (the proxy's file mode) and rewrites them when the folder changes; every
-//! proxy reloads on its own.
+//! The control plane (`palisade serve`) runs in the bridge's namespace; each proxy
+//! gets its identity from it with a bootstrap token `up` wrote for that pod alone,
+//! then its policy on the distribution stream. `up` itself never touches a proxy's
+//! state after starting it.
 //!
 //! Layout: a namespace `<prefix>-br` holds the bridge; pod `ns/name` lives in
 //! `<prefix>-<ns>-<name>` with `eth0` and its `status.podIP`. Nothing is created in
@@ -41,6 +42,12 @@ pub fn prefix() -> String {
 pub struct MeshRecord {
     pub manifests: PathBuf,
     pub bridge_netns: String,
+    /// Where the control plane listens (in the bridge's namespace).
+    #[serde(default)]
+    pub control_plane: String,
+    /// How `palisade serve` was started (run it in `bridge_netns` to restart it).
+    #[serde(default)]
+    pub serve_argv: Vec<String>,
     pub pods: Vec<PodRecord>,
 }
 

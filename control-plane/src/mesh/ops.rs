@@ -28,11 +28,49 @@ pub fn down() -> anyhow::Result<ExitCode> {
 pub fn status() -> anyhow::Result<ExitCode> {
     let record = MeshRecord::load()?;
     println!("manifests: {}", record.manifests.display());
-    println!("{:<28} {:<13} {:<48} PROXY", "POD", "IP", "IDENTITY");
+    let serve = crate::serve::read_status(&super::run_dir().join("serve-status.json"));
+    match &serve {
+        Some(s) => println!(
+            "control plane: {} (version {}, {} problems in the manifests)",
+            record.control_plane,
+            s.version,
+            s.problems.len()
+        ),
+        None => println!("control plane: {} (no status yet)", record.control_plane),
+    }
+    for problem in serve.iter().flat_map(|s| &s.problems) {
+        println!("  {problem}");
+    }
+    println!(
+        "{:<24} {:<11} {:<44} {:<26} CONTROL PLANE",
+        "POD", "IP", "IDENTITY", "PROXY"
+    );
     for p in &record.pods {
         let proxy = netns::admin_get(&p.netns, "/ready")
             .map_or_else(|| "not ready".to_owned(), |r| r.trim().to_owned());
-        println!("{:<28} {:<13} {:<48} {proxy}", p.pod, p.ip, p.identity);
+        let acked = serve
+            .as_ref()
+            .and_then(|s| s.proxies.get(&p.pod))
+            .map_or_else(
+                || "never connected".to_owned(),
+                |a| {
+                    let link = if a.connected {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    };
+                    let nack = a
+                        .nack
+                        .as_deref()
+                        .map(|n| format!(", NACK {n}"))
+                        .unwrap_or_default();
+                    format!("{link}, acked {}{nack}", a.acked_version)
+                },
+            );
+        println!(
+            "{:<24} {:<11} {:<44} {:<26} {acked}",
+            p.pod, p.ip, p.identity, proxy
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,6 @@
 //! What the local mesh needs of each Pod beyond policy: its containers' commands.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -98,35 +97,4 @@ pub fn service_ips(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<(String, 
             Some((d.metadata.name, ns, ip))
         })
         .collect())
-}
-
-/// Copies the manifests into `dest` (flat, numbered to keep the order and avoid name
-/// clashes), each file written aside and renamed so a proxy never reads half a file.
-pub fn copy_manifests(files: &[std::path::PathBuf], dest: &Path, owner: u32) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dest).with_context(|| format!("{}", dest.display()))?;
-    let mut wanted = Vec::new();
-    for (i, file) in files.iter().enumerate() {
-        let name = format!(
-            "{i:03}-{}",
-            file.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        );
-        let text = std::fs::read(file).with_context(|| format!("{}", file.display()))?;
-        let target = dest.join(&name);
-        if std::fs::read(&target).ok().as_deref() != Some(text.as_slice()) {
-            let tmp = dest.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, &text).with_context(|| format!("{}", tmp.display()))?;
-            std::os::unix::fs::chown(&tmp, Some(owner), Some(owner))?;
-            std::fs::rename(&tmp, &target)?;
-        }
-        wanted.push(name);
-    }
-    for entry in std::fs::read_dir(dest)?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && !wanted.contains(&name) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-    Ok(())
 }

@@ -1,7 +1,8 @@
-//! `palisade up DIR`: bridge -> per pod (namespace, identity, state files, iptables,
-//! proxy) -> wait until every proxy is ready -> the pods' container commands -> print
-//! how to try it -> keep the proxies' policy in step with DIR until Ctrl-C, then
-//! remove everything.
+//! `palisade up DIR`: bridge -> the control plane (`palisade serve` on DIR, in the
+//! bridge's namespace at 169.254.1.1:15012) -> per pod (namespace, hosts file,
+//! bootstrap token, iptables, proxy fed by the control plane) -> wait until every
+//! proxy has its identity and policy -> the pods' container commands -> print how to
+//! try it -> until Ctrl-C, then remove everything.
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -10,7 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use palisade_certs::identity::{certificates_pem, request};
 use palisade_certs::{CaConfig, CertificateAuthority, SpiffeId};
 use palisade_policy::{CompiledCluster, Flow, Protocol};
 
@@ -21,15 +21,20 @@ use super::{ops, prefix, run_dir, MeshRecord, PodRecord};
 /// The UID proxies run as; `palisade-proxy init` leaves its traffic alone.
 const PROXY_UID: u32 = 1337;
 
+/// Where the control plane listens, on the bridge: a link-local address (Calico
+/// gives pods 169.254.1.1 as their gateway in the same way), reached on-link.
+pub const CONTROL_PLANE: &str = "169.254.1.1:15012";
+
 pub struct Mesh {
     pub record: MeshRecord,
+    serve: Option<Child>,
     children: Vec<Child>,
 }
 
 impl Drop for Mesh {
     /// However `up` ends (error, Ctrl-C, panic), what it created goes.
     fn drop(&mut self) {
-        for child in &mut self.children {
+        for child in self.serve.iter_mut().chain(&mut self.children) {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -57,6 +62,51 @@ fn log_file(path: &Path) -> Stdio {
     File::create(path).map(Stdio::from).unwrap_or(Stdio::null())
 }
 
+fn serve_argv(dir: &Path, run: &Path) -> anyhow::Result<Vec<String>> {
+    let me = std::env::current_exe().context("locating the palisade binary")?;
+    let path = |p: &Path| p.display().to_string();
+    Ok(vec![
+        path(&me),
+        "serve".into(),
+        "--manifests".into(),
+        path(dir),
+        "--ca-dir".into(),
+        path(&run.join("ca")),
+        "--listen".into(),
+        CONTROL_PLANE.into(),
+        "--bootstrap-tokens".into(),
+        path(&run.join("tokens")),
+        "--status-file".into(),
+        path(&run.join("serve-status.json")),
+    ])
+}
+
+/// Starts `palisade serve` in the bridge's namespace, its log in the run directory.
+pub fn start_serve(record: &MeshRecord) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir().join("serve.log"))?;
+    Command::new("ip")
+        .args(["netns", "exec", &record.bridge_netns])
+        .args(&record.serve_argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .context("starting palisade serve")
+}
+
+/// A random bootstrap token (128 bits, hex).
+fn new_token() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("/dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 pub fn start(dir: &Path, files: &[PathBuf], compiled: &CompiledCluster) -> anyhow::Result<Mesh> {
     let run = run_dir();
     let prefix = prefix();
@@ -69,21 +119,43 @@ pub fn start(dir: &Path, files: &[PathBuf], compiled: &CompiledCluster) -> anyho
     }
     let proxy = proxy_bin()?;
     std::fs::create_dir_all(&run).with_context(|| format!("{}", run.display()))?;
+    // Made here so the proxies can be handed its root; `serve` loads the same one.
     let ca = CertificateAuthority::load_or_generate(CaConfig::default(), &run.join("ca"))
         .context("the mesh CA")?;
+    let ca_root = run.join("ca").join("ca.crt");
     let commands = pods::commands(files)?;
     let services = pods::service_ips(files)?;
+    let manifests = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
 
     let mut mesh = Mesh {
         record: MeshRecord {
-            manifests: dir.canonicalize().unwrap_or_else(|_| dir.to_owned()),
+            serve_argv: serve_argv(&manifests, &run)?,
+            manifests,
             bridge_netns: bridge.clone(),
+            control_plane: CONTROL_PLANE.into(),
             pods: Vec::new(),
         },
+        serve: None,
         children: Vec::new(),
     };
     netns::create_bridge(&bridge)?;
     mesh.record.save()?;
+    let (cp_ip, _) = CONTROL_PLANE.split_once(':').unwrap_or_default();
+    sh(&[
+        "ip",
+        "-n",
+        &bridge,
+        "addr",
+        "add",
+        &format!("{cp_ip}/32"),
+        "dev",
+        "br0",
+    ])?;
+    sh(&["ip", "-n", &bridge, "route", "add", "default", "dev", "br0"])?;
+    let tokens_path = run.join("tokens");
+    let mut tokens = String::new();
+    mesh.serve = Some(start_serve(&mesh.record)?);
+    drop(ca);
 
     for (i, (_, workload)) in compiled.workloads().enumerate() {
         let pod = &workload.pod;
@@ -98,15 +170,19 @@ pub fn start(dir: &Path, files: &[PathBuf], compiled: &CompiledCluster) -> anyho
         let home = run
             .join("pods")
             .join(format!("{}_{}", pod.namespace, pod.name));
-        let state = home.join("state");
-        std::fs::create_dir_all(&state)?;
+        std::fs::create_dir_all(&home)?;
         netns::create_pod(&netns, &bridge, &format!("{prefix}v{i}"), ip)?;
         write_hosts(&netns, compiled, &services)?;
-        write_identity(&ca, &identity, &state)?;
-        pods::copy_manifests(files, &state.join("manifests"), PROXY_UID)?;
+        // The launcher's proof of who the proxy is: one token per pod, known to the
+        // control plane and readable by that pod's proxy only.
+        let token = new_token()?;
+        tokens.push_str(&format!("{token} {key}\n"));
+        write_private(&tokens_path, &tokens, 0)?;
+        let token_file = home.join("token");
+        write_private(&token_file, &token, PROXY_UID)?;
         let flow_log = home.join("flows.jsonl");
         File::create(&flow_log)?;
-        for path in [&home, &state, &flow_log] {
+        for path in [&home, &flow_log] {
             std::os::unix::fs::chown(path, Some(PROXY_UID), Some(PROXY_UID))?;
         }
         mesh.record.pods.push(PodRecord {
@@ -132,8 +208,11 @@ pub fn start(dir: &Path, files: &[PathBuf], compiled: &CompiledCluster) -> anyho
                 "--clear-groups",
             ])
             .arg(&proxy)
-            .args(["run", "--pod", &key, "--state-dir"])
-            .arg(&state)
+            .args(["run", "--pod", &key, "--control-plane", CONTROL_PLANE])
+            .arg("--bootstrap-token-file")
+            .arg(&token_file)
+            .arg("--control-plane-ca")
+            .arg(&ca_root)
             .arg("--flow-log")
             .arg(&flow_log)
             .stdin(Stdio::null())
@@ -159,20 +238,17 @@ fn ca_trust_domain() -> String {
     CaConfig::default().trust_domain
 }
 
-fn write_identity(ca: &CertificateAuthority, id: &SpiffeId, state: &Path) -> anyhow::Result<()> {
-    let (pending, csr) = request(id)?;
-    let issued = ca.issue(&csr, id, None)?;
-    let files = [
-        ("identity.crt", certificates_pem(&[issued.der])),
-        ("identity.key", pending.key_pem()),
-        ("bundle.crt", certificates_pem(&[ca.root().clone()])),
-    ];
-    for (name, text) in files {
-        let path = state.join(name);
-        std::fs::write(&path, text).with_context(|| format!("{}", path.display()))?;
-        std::os::unix::fs::chown(&path, Some(PROXY_UID), Some(PROXY_UID))?;
-    }
-    Ok(())
+/// Writes `text` readable by `owner` only (mode 0400 for a proxy, 0600 for root).
+fn write_private(path: &Path, text: &str, owner: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("{}", tmp.display()))?;
+    std::fs::set_permissions(
+        &tmp,
+        std::fs::Permissions::from_mode(if owner == 0 { 0o600 } else { 0o400 }),
+    )?;
+    std::os::unix::fs::chown(&tmp, Some(owner), Some(owner))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))
 }
 
 /// `/etc/netns/<netns>/hosts` (what `ip netns exec` shows as /etc/hosts): every pod
@@ -205,9 +281,10 @@ fn wait_ready(record: &MeshRecord) -> anyhow::Result<()> {
         while netns::admin_get(&pod.netns, "/ready").is_none() {
             if Instant::now() > deadline {
                 bail!(
-                    "the proxy of {} is not ready after 20 s (see {})",
+                    "the proxy of {} is not ready after 20 s (see {} and {})",
                     pod.pod,
-                    pod.flow_log.with_file_name("proxy.log").display()
+                    pod.flow_log.with_file_name("proxy.log").display(),
+                    run_dir().join("serve.log").display()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -314,57 +391,32 @@ pub fn summary(record: &MeshRecord, compiled: &CompiledCluster, dir: &Path) -> S
     out
 }
 
-/// Until Ctrl-C or SIGTERM: when a file under `dir` changes, every proxy gets the new
-/// manifests (each reloads on its own; a bad object is reported here and skipped by
-/// the proxies, the rest applies).
-pub fn keep_in_step(dir: &Path, mesh: &Mesh) -> anyhow::Result<()> {
-    use notify::Watcher;
+/// Until Ctrl-C or SIGTERM. The control plane watches DIR itself; if it exits,
+/// say so once (the proxies keep enforcing what they have) and how to restart it.
+pub fn wait(mesh: &mut Mesh) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
-            if e.is_ok_and(|e| e.kind.is_modify() || e.kind.is_create() || e.kind.is_remove()) {
-                let _ = tx.send(());
-            }
-        })?;
-        watcher.watch(dir, notify::RecursiveMode::Recursive)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut every = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = term.recv() => return Ok(()),
-                changed = rx.recv() => {
-                    if changed.is_none() {
-                        return Ok(());
-                    }
-                    // Let a burst of writes settle.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    while rx.try_recv().is_ok() {}
-                    if let Err(e) = distribute(dir, mesh) {
-                        eprintln!("error: {e:#} (the proxies keep what they had)");
+                _ = every.tick() => {
+                    let exited = mesh.serve.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                    if let Some(status) = exited {
+                        mesh.serve = None;
+                        eprintln!(
+                            "palisade serve exited ({status}); the proxies keep enforcing their last state. Log: {}. Restart: ip netns exec {} {}",
+                            run_dir().join("serve.log").display(),
+                            mesh.record.bridge_netns,
+                            mesh.record.serve_argv.join(" ")
+                        );
                     }
                 }
             }
         }
     })
-}
-
-fn distribute(dir: &Path, mesh: &Mesh) -> anyhow::Result<()> {
-    let files = crate::cli::manifest_files(dir)?;
-    // The CLI's loader reports every bad object (file, object, field) on stderr.
-    let (_, problems) = crate::cli::compile(&[dir.to_owned()])?;
-    for pod in &mesh.record.pods {
-        let state = run_dir()
-            .join("pods")
-            .join(pod.pod.replace('/', "_"))
-            .join("state/manifests");
-        pods::copy_manifests(&files, &state, PROXY_UID)?;
-    }
-    println!(
-        "manifests changed: sent to {} proxies ({problems} objects skipped)",
-        mesh.record.pods.len()
-    );
-    Ok(())
 }

@@ -73,8 +73,7 @@ fn token_is_valid(file: &Path, pod: &str, presented: &str) -> bool {
 /// Compares in time that does not depend on where the strings differ.
 fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -95,6 +94,10 @@ mod tests {
         assert!(!token_is_valid(&file, "back/db", "abc123"));
         assert!(!token_is_valid(&file, "front/web", "abc124"));
         assert!(!token_is_valid(&file, "front/web", ""));
-        assert!(!token_is_valid(&dir.path().join("missing"), "front/web", "abc123"));
+        assert!(!token_is_valid(
+            &dir.path().join("missing"),
+            "front/web",
+            "abc123"
+        ));
     }
 }

@@ -67,17 +67,20 @@ pub fn incoming(
                 let tls = match handshake {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => return eprintln!("control-plane TLS from {addr}: {e}"),
-                    Err(_) => return eprintln!("control-plane TLS from {addr}: handshake timed out"),
+                    Err(_) => {
+                        return eprintln!("control-plane TLS from {addr}: handshake timed out")
+                    }
                 };
                 let certs = tls.get_ref().1.peer_certificates();
                 // The verifier already checked any certificate presented; none is fine
                 // here and each call decides whether it needs one.
                 let identity = certs.and_then(|c| peer_identity(Some(c), &trust_domain).ok());
-                let _ = tx.send(Ok(PeerConnection {
-                    tls,
-                    peer: Peer { addr, identity },
-                }))
-                .await;
+                let _ = tx
+                    .send(Ok(PeerConnection {
+                        tls,
+                        peer: Peer { addr, identity },
+                    }))
+                    .await;
             });
         }
     });

@@ -70,6 +70,11 @@ pub struct Shared {
     lifetime: Duration,
 }
 
+/// The status a running `serve` last wrote, if any.
+pub fn read_status(file: &Path) -> Option<status::ServeStatus> {
+    serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -115,7 +120,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             trust_domain,
             Duration::from_secs(5),
             move |csr| {
-                let id = shared.ca.issue(csr, &control_plane_id(shared.ca.trust_domain())?, None)?;
+                let id =
+                    shared
+                        .ca
+                        .issue(csr, &control_plane_id(shared.ca.trust_domain())?, None)?;
                 Ok::<_, anyhow::Error>(vec![id.der])
             },
             |r| {
@@ -127,7 +135,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     tokio::spawn(renewing);
 
-    let watcher = watch_manifests(args.manifests.clone(), source, world_tx, shared.clone(), args.trust_domain.clone())?;
+    let watcher = watch_manifests(
+        args.manifests.clone(),
+        source,
+        world_tx,
+        shared.clone(),
+        args.trust_domain.clone(),
+    )?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -151,7 +165,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // A proxy that vanished without a FIN is noticed and marked disconnected.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(IdentityServer::new(identity::IdentityService(shared.clone())))
+        .add_service(IdentityServer::new(identity::IdentityService(
+            shared.clone(),
+        )))
         .add_service(DistributionServer::new(stream::DistributionService(shared)))
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;
@@ -163,11 +179,18 @@ fn control_plane_id(trust_domain: &str) -> anyhow::Result<SpiffeId> {
     Ok(palisade_api::control_plane_identity(trust_domain).parse()?)
 }
 
-fn own_identity(ca: &CertificateAuthority, trust_domain: &str) -> anyhow::Result<Arc<IdentityStore>> {
+fn own_identity(
+    ca: &CertificateAuthority,
+    trust_domain: &str,
+) -> anyhow::Result<Arc<IdentityStore>> {
     let id = control_plane_id(trust_domain)?;
     let (pending, csr) = request(&id)?;
     let issued = ca.issue(&csr, &id, None)?;
-    Ok(IdentityStore::new(Credentials::new(pending, vec![issued.der], trust_domain)?))
+    Ok(IdentityStore::new(Credentials::new(
+        pending,
+        vec![issued.der],
+        trust_domain,
+    )?))
 }
 
 fn report_problems(source: &ManifestSource) {
@@ -230,7 +253,10 @@ fn watch_manifests(
 }
 
 fn rescan(source: &mut ManifestSource, dir: &Path, mut paths: Vec<PathBuf>) -> source::Change {
-    let is_manifest = |p: &Path| p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json");
+    let is_manifest = |p: &Path| {
+        p.extension()
+            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+    };
     // A directory event (created, moved in): every manifest under it.
     if paths.iter().any(|p| p.is_dir()) {
         paths.extend(crate::cli::manifest_files(dir).unwrap_or_default());
@@ -241,8 +267,12 @@ fn rescan(source: &mut ManifestSource, dir: &Path, mut paths: Vec<PathBuf>) -> s
     for path in paths.into_iter().filter(|p| is_manifest(p)) {
         let c = source.rescan(&path);
         // Later files win for a key touched twice in one burst.
-        change.upserts.retain(|o| !c.removals.contains(&o.key) && !c.upserts.iter().any(|n| n.key == o.key));
-        change.removals.retain(|k| !c.upserts.iter().any(|n| &n.key == k));
+        change
+            .upserts
+            .retain(|o| !c.removals.contains(&o.key) && !c.upserts.iter().any(|n| n.key == o.key));
+        change
+            .removals
+            .retain(|k| !c.upserts.iter().any(|n| &n.key == k));
         change.upserts.extend(c.upserts);
         change.removals.extend(c.removals);
     }

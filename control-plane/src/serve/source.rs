@@ -85,7 +85,10 @@ impl ManifestSource {
             let kept = e.key.as_ref().filter(|k| previous.contains(*k));
             if let Some(key) = kept {
                 held.insert(key.clone());
-                problems.push(format!("{} (its last good version stays in force)", e.error));
+                problems.push(format!(
+                    "{} (its last good version stays in force)",
+                    e.error
+                ));
             } else {
                 problems.push(format!("{} (not applied)", e.error));
             }
@@ -163,8 +166,16 @@ mod tests {
         assert!(good.json.contains("80"));
         let problems: Vec<_> = source.problems().collect();
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].contains("spec.ingress[0].ports[0]"), "{}", problems[0]);
-        assert!(problems[0].contains("last good version stays"), "{}", problems[0]);
+        assert!(
+            problems[0].contains("spec.ingress[0].ports[0]"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[0].contains("last good version stays"),
+            "{}",
+            problems[0]
+        );
     }
 
     #[test]

@@ -43,7 +43,13 @@ impl Distribution for DistributionService {
         check_pod(&self.0, &hello, &identity)?;
         eprintln!("stream {}: connected from {addr} as {identity}", hello.pod);
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(serve_proxy(self.0.clone(), hello.pod, identity, inbound, tx));
+        tokio::spawn(serve_proxy(
+            self.0.clone(),
+            hello.pod,
+            identity,
+            inbound,
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -132,7 +132,10 @@ fn pod_identities(
     trust_domain: &str,
 ) -> HashMap<String, SpiffeId> {
     let mut manifests = Manifests::default();
-    for o in objects.range("/Pod/".to_owned()..).take_while(|(k, _)| k.starts_with("/Pod/")) {
+    for o in objects
+        .range("/Pod/".to_owned()..)
+        .take_while(|(k, _)| k.starts_with("/Pod/"))
+    {
         manifests.load_json(&o.1.origin, &o.1.json);
     }
     manifests
@@ -163,9 +166,14 @@ mod tests {
     #[test]
     fn a_stream_behind_gets_the_merged_deltas_and_an_unknown_version_a_snapshot() {
         let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"front"},"spec":{"serviceAccountName":"web"},"status":{"podIP":"10.0.0.1"}}"#;
-        let w0 = World::first(BTreeMap::from([("/Pod/front/p".into(), object("/Pod/front/p", pod))]), "cluster.local");
+        let w0 = World::first(
+            BTreeMap::from([("/Pod/front/p".into(), object("/Pod/front/p", pod))]),
+            "cluster.local",
+        );
         assert_eq!(
-            w0.identity_of("front/p").map(ToString::to_string).as_deref(),
+            w0.identity_of("front/p")
+                .map(ToString::to_string)
+                .as_deref(),
             Some("spiffe://cluster.local/ns/front/sa/web")
         );
         let add = |key: &str| Change {
