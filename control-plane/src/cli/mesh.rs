@@ -12,6 +12,9 @@ use crate::mesh::{self, ops};
 pub struct UpArgs {
     /// The manifests: Namespaces, Pods (status.podIP, container commands), policies.
     dir: PathBuf,
+    /// Lifetime of the proxies' certificates (renewed at half-life).
+    #[arg(long, default_value_t = 86_400)]
+    cert_lifetime_secs: u64,
 }
 
 #[derive(Args, Debug)]
@@ -46,7 +49,7 @@ pub struct FlowsArgs {
 pub fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     let files = load::manifest_files(&a.dir)?;
     let (compiled, _) = load::compile(std::slice::from_ref(&a.dir))?;
-    let mut mesh = mesh::up::start(&a.dir, &files, &compiled)?;
+    let mut mesh = mesh::up::start(&a.dir, &files, &compiled, a.cert_lifetime_secs)?;
     println!("{}", mesh::up::summary(&mesh.record, &compiled, &a.dir));
     println!("mesh is up");
     mesh::up::wait(&mut mesh)?;

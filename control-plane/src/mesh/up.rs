@@ -62,7 +62,7 @@ fn log_file(path: &Path) -> Stdio {
     File::create(path).map(Stdio::from).unwrap_or(Stdio::null())
 }
 
-fn serve_argv(dir: &Path, run: &Path) -> anyhow::Result<Vec<String>> {
+fn serve_argv(dir: &Path, run: &Path, cert_lifetime_secs: u64) -> anyhow::Result<Vec<String>> {
     let me = std::env::current_exe().context("locating the palisade binary")?;
     let path = |p: &Path| p.display().to_string();
     Ok(vec![
@@ -78,6 +78,8 @@ fn serve_argv(dir: &Path, run: &Path) -> anyhow::Result<Vec<String>> {
         path(&run.join("tokens")),
         "--status-file".into(),
         path(&run.join("serve-status.json")),
+        "--cert-lifetime-secs".into(),
+        cert_lifetime_secs.to_string(),
     ])
 }
 
@@ -107,7 +109,12 @@ fn new_token() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-pub fn start(dir: &Path, files: &[PathBuf], compiled: &CompiledCluster) -> anyhow::Result<Mesh> {
+pub fn start(
+    dir: &Path,
+    files: &[PathBuf],
+    compiled: &CompiledCluster,
+    cert_lifetime_secs: u64,
+) -> anyhow::Result<Mesh> {
     let run = run_dir();
     let prefix = prefix();
     let bridge = format!("{prefix}-br");
@@ -129,7 +136,7 @@ pub fn start(dir: &Path, files: &[PathBuf], compiled: &CompiledCluster) -> anyho
 
     let mut mesh = Mesh {
         record: MeshRecord {
-            serve_argv: serve_argv(&manifests, &run)?,
+            serve_argv: serve_argv(&manifests, &run, cert_lifetime_secs)?,
             manifests,
             bridge_netns: bridge.clone(),
             control_plane: CONTROL_PLANE.into(),
