@@ -152,7 +152,10 @@ fn an_invalid_manifest_or_a_dead_control_plane_changes_nothing_and_a_restart_res
         .rev()
         .find(|r| r["action"] == "deny" && r["source"]["pod"] == "nginx-back")
         .expect("a flow record of the denied connection");
-    assert_eq!(denied["policies"]["egress"], "end-of-tier/default", "{denied}");
+    assert_eq!(
+        denied["policies"]["egress"], "end-of-tier/default",
+        "{denied}"
+    );
 
     // What changes meanwhile reaches nobody: a policy that denies front -> back,
     // and a new pod, whose proxy gets no identity.
@@ -187,7 +190,7 @@ fn an_invalid_manifest_or_a_dead_control_plane_changes_nothing_and_a_restart_res
 
     // The control plane returns: every proxy resyncs to its version, which has
     // what changed while it was gone; the new pod gets its identity.
-    mesh.restart_serve();
+    let _serve = mesh.restart_serve();
     let (v2, _) = mesh.wait_all_acked(v1, 5, Duration::from_secs(15));
     assert!(v2 > v1, "versions must grow across restarts ({v1} -> {v2})");
     wait_for(Duration::from_secs(5), || late.ready().then_some(()));
@@ -204,6 +207,41 @@ fn an_invalid_manifest_or_a_dead_control_plane_changes_nothing_and_a_restart_res
     assert!(flows(&mesh)
         .iter()
         .any(|r| r["policies"]["egress"] == "gnp/freeze-front:0"));
+
+    // An update a proxy cannot apply (its pod now names another service account,
+    // which its certificate is not) is nacked with the reason; that proxy keeps
+    // its last good state while the others move on.
+    let pods = dir.join("pods.yaml");
+    let text = std::fs::read_to_string(&pods).unwrap();
+    let moved = text.replacen(
+        "labels: {app: nginx-front}\nspec:\n",
+        "labels: {app: nginx-front}\nspec:\n  serviceAccountName: other\n",
+        1,
+    );
+    assert_ne!(text, moved);
+    std::fs::write(&pods, moved).unwrap();
+    let nack = wait_for(Duration::from_secs(5), || {
+        mesh.serve_status()["proxies"]["front/nginx-front"]["nack"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    assert!(
+        nack.contains("does not belong to pod front/nginx-front"),
+        "{nack}"
+    );
+    wait_for(Duration::from_secs(5), || {
+        let s = mesh.serve_status();
+        (s["proxies"]["back/nginx-back"]["acked_version"] == s["version"]).then_some(())
+    });
+    assert_eq!(
+        mesh.serve_status()["proxies"]["front/nginx-front"]["acked_version"],
+        v2
+    );
+    let front_ready = String::from_utf8_lossy(&mesh.palisade(&["status"]).stdout).into_owned();
+    assert!(
+        front_ready.contains(&format!("ready, state version {v2}")),
+        "{front_ready}"
+    );
 }
 
 fn wait_for<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> T {

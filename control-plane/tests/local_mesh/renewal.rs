@@ -63,6 +63,7 @@ fn sixty_second_certificates_renew_with_no_failed_connection_in_three_minutes() 
     let status = mesh.serve_status();
     for (pod, proxy) in status["proxies"].as_object().unwrap() {
         let issued = proxy["certificates_issued"].as_u64().unwrap();
+        eprintln!("{pod}: {issued} certificates issued");
         assert!(
             issued >= 5,
             "{pod}: only {issued} certificates in 3 minutes: {proxy}"

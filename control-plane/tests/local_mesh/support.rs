@@ -111,9 +111,8 @@ impl Mesh {
         }
     }
 
-    /// Starts the control plane again exactly as `up` recorded it (the mesh's
-    /// `down` removes it with the bridge's namespace).
-    pub fn restart_serve(&self) {
+    /// Starts the control plane again exactly as `up` recorded it.
+    pub fn restart_serve(&self) -> Reaped {
         let record = self.record();
         let bridge = record["bridge_netns"].as_str().unwrap();
         let argv: Vec<&str> = record["serve_argv"]
@@ -126,7 +125,7 @@ impl Mesh {
             .append(true)
             .open(self.run_dir.path().join("serve.log"))
             .unwrap();
-        Command::new("ip")
+        let child = Command::new("ip")
             .args(["netns", "exec", bridge])
             .args(&argv)
             .stdin(Stdio::null())
@@ -134,6 +133,7 @@ impl Mesh {
             .stderr(log)
             .spawn()
             .unwrap();
+        Reaped(child)
     }
 
     /// The pod's netns name, from the record.
@@ -167,6 +167,16 @@ impl Mesh {
             url,
         ]);
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+/// A process the test started: killed and reaped when dropped.
+pub struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
