@@ -92,14 +92,16 @@ pub async fn run(config: ControlPlane, state: SharedState, on_load: impl Fn(&Sna
 /// New credentials go into the store every snapshot shares when they are the
 /// same identity, so open TLS configs pick them up; otherwise a new store.
 fn adopt(held: &mut Held, credentials: Credentials) -> Arc<IdentityStore> {
-    if let Some(store) = &held.identity {
-        if store.current().identity == credentials.identity {
-            if store.replace(credentials).is_ok() {
-                return store.clone();
-            }
-            // replace() only refuses another identity, checked above.
-            return store.clone();
+    let same = held
+        .identity
+        .clone()
+        .filter(|store| store.current().identity == credentials.identity);
+    if let Some(store) = same {
+        // Same identity, checked above: replace() cannot refuse it.
+        if let Err(e) = store.replace(credentials) {
+            tracing::warn!(error = %e, "new credentials not adopted");
         }
+        return store;
     }
     let store = IdentityStore::new(credentials);
     held.identity = Some(store.clone());

@@ -19,6 +19,8 @@ mod listener;
 mod source;
 mod status;
 mod stream;
+#[cfg(test)]
+mod tests;
 mod world;
 
 use std::net::SocketAddr;
@@ -80,10 +82,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(serve(args))
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        serve(args, listener).await
+    })
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
     let ca_config = CaConfig {
         trust_domain: args.trust_domain.clone(),
         ..CaConfig::default()
@@ -143,9 +150,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.trust_domain.clone(),
     )?;
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
     eprintln!(
         "palisade serve: {} on {}, version {} ({} objects)",
         args.manifests.display(),
