@@ -42,7 +42,7 @@ pub fn status() -> anyhow::Result<ExitCode> {
         println!("  {problem}");
     }
     println!(
-        "{:<24} {:<11} {:<44} {:<26} CONTROL PLANE",
+        "{:<24} {:<11} {:<44} {:<36} CONTROL PLANE",
         "POD", "IP", "IDENTITY", "PROXY"
     );
     for p in &record.pods {
@@ -68,7 +68,7 @@ pub fn status() -> anyhow::Result<ExitCode> {
                 },
             );
         println!(
-            "{:<24} {:<11} {:<44} {:<26} {acked}",
+            "{:<24} {:<11} {:<44} {:<36} {acked}",
             p.pod, p.ip, p.identity, proxy
         );
     }
