@@ -23,6 +23,9 @@ pub struct ServeStatus {
 pub struct ProxyStatus {
     pub identity: String,
     pub connected: bool,
+    /// Open streams: a proxy that reconnects before its old stream is noticed
+    /// dead has two for a while.
+    pub streams: u32,
     pub acked_version: u64,
     pub acked_at_ms: u64,
     /// The last rejection, until a later ack.

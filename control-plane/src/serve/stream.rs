@@ -34,7 +34,10 @@ impl Distribution for DistributionService {
                 Status::unauthenticated("a client certificate (the proxy's identity) is required")
             })?;
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s"))?;
+        let hello = match first? {
             Some(ProxyMessage {
                 message: Some(Message::Hello(hello)),
             }) => hello,
@@ -80,6 +83,7 @@ async fn serve_proxy(
     let mut world_rx = shared.world.clone();
     shared.status.proxy(&pod, |p| {
         p.identity = identity.to_string();
+        p.streams += 1;
         p.connected = true;
     });
     // 0: nothing sent yet, so the first update is a snapshot.
@@ -108,7 +112,10 @@ async fn serve_proxy(
             },
         }
     }
-    shared.status.proxy(&pod, |p| p.connected = false);
+    shared.status.proxy(&pod, |p| {
+        p.streams = p.streams.saturating_sub(1);
+        p.connected = p.streams > 0;
+    });
     eprintln!("stream {pod}: disconnected");
 }
 
