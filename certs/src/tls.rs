@@ -52,26 +52,16 @@ pub fn server_config(
     identity: Arc<IdentityStore>,
     bundle: &TrustBundle,
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
-    let provider = provider();
-    let trust_domain = identity.current().identity.trust_domain().to_owned();
-    let webpki =
-        WebPkiClientVerifier::builder_with_provider(bundle.root_store()?, provider.clone())
-            .build()
-            .map_err(|e| TlsConfigError::Rustls(e.to_string()))?;
-    let verifier = Arc::new(SpiffeClientVerifier {
-        webpki,
-        trust_domain,
-        mandatory: true,
-    });
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsConfigError::Rustls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(identity);
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    Ok(Arc::new(config))
+    spiffe_server_config(identity, bundle, ClientAuth::Required, ALPN)
+}
+
+/// The client side of mesh mTLS to a peer that must be `expected`.
+pub fn client_config(
+    identity: Arc<IdentityStore>,
+    bundle: &TrustBundle,
+    expected: SpiffeId,
+) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    spiffe_client_config(Some(identity), bundle, expected, ALPN)
 }
 
 /// The control plane's server side: gRPC (ALPN h2). A client certificate is
@@ -82,25 +72,7 @@ pub fn control_plane_server_config(
     identity: Arc<IdentityStore>,
     bundle: &TrustBundle,
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
-    let provider = provider();
-    let trust_domain = identity.current().identity.trust_domain().to_owned();
-    let webpki =
-        WebPkiClientVerifier::builder_with_provider(bundle.root_store()?, provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsConfigError::Rustls(e.to_string()))?;
-    let verifier = Arc::new(SpiffeClientVerifier {
-        webpki,
-        trust_domain,
-        mandatory: false,
-    });
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsConfigError::Rustls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(identity);
-    config.alpn_protocols = vec![CONTROL_ALPN.to_vec()];
-    Ok(Arc::new(config))
+    spiffe_server_config(identity, bundle, ClientAuth::Optional, CONTROL_ALPN)
 }
 
 /// A proxy's side of the control-plane connection: the server must chain to
@@ -109,6 +81,53 @@ pub fn control_plane_client_config(
     identity: Option<Arc<IdentityStore>>,
     bundle: &TrustBundle,
     expected: SpiffeId,
+) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    spiffe_client_config(identity, bundle, expected, CONTROL_ALPN)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientAuth {
+    Required,
+    Optional,
+}
+
+fn spiffe_server_config(
+    identity: Arc<IdentityStore>,
+    bundle: &TrustBundle,
+    client_auth: ClientAuth,
+    alpn: &[u8],
+) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    let provider = provider();
+    let trust_domain = identity.current().identity.trust_domain().to_owned();
+    let mut webpki =
+        WebPkiClientVerifier::builder_with_provider(bundle.root_store()?, provider.clone());
+    if client_auth == ClientAuth::Optional {
+        webpki = webpki.allow_unauthenticated();
+    }
+    let webpki = webpki
+        .build()
+        .map_err(|e| TlsConfigError::Rustls(e.to_string()))?;
+    let verifier = Arc::new(SpiffeClientVerifier {
+        webpki,
+        trust_domain,
+        mandatory: client_auth == ClientAuth::Required,
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsConfigError::Rustls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(identity);
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+fn spiffe_client_config(
+    identity: Option<Arc<IdentityStore>>,
+    bundle: &TrustBundle,
+    expected: SpiffeId,
+    alpn: &[u8],
 ) -> Result<Arc<ClientConfig>, TlsConfigError> {
     let provider = provider();
     let verifier = Arc::new(SpiffeServerVerifier {
@@ -125,29 +144,7 @@ pub fn control_plane_client_config(
         Some(identity) => builder.with_client_cert_resolver(identity),
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![CONTROL_ALPN.to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// The client side of mesh mTLS to a peer that must be `expected`.
-pub fn client_config(
-    identity: Arc<IdentityStore>,
-    bundle: &TrustBundle,
-    expected: SpiffeId,
-) -> Result<Arc<ClientConfig>, TlsConfigError> {
-    let provider = provider();
-    let verifier = Arc::new(SpiffeServerVerifier {
-        roots: bundle.root_store()?,
-        algorithms: provider.signature_verification_algorithms,
-        expected,
-    });
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsConfigError::Rustls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_cert_resolver(identity);
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     config.resumption = Resumption::disabled();
     Ok(Arc::new(config))
 }

@@ -159,13 +159,7 @@ fn an_invalid_manifest_or_a_dead_control_plane_changes_nothing_and_a_restart_res
 
     // What changes meanwhile reaches nobody: a policy that denies front -> back,
     // and a new pod, whose proxy gets no identity.
-    std::fs::write(
-        dir.join("zz-freeze.yaml"),
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: freeze-front}\n\
-         spec:\n  order: 1\n  selector: app == 'nginx-front'\n  types: [Egress]\n  \
-         egress: [{action: Deny, protocol: TCP, destination: {ports: [80]}}]\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("zz-freeze.yaml"), FREEZE_FRONT).unwrap();
     std::fs::write(
         dir.join("zz-late.yaml"),
         "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: front, labels: {app: late}}\n\

@@ -68,21 +68,13 @@ fn the_example_mesh_runs_for_real_and_follows_policy_edits() {
 
     // A Service by name: the back Service's 3306 goes to nginx-back's 80, and the
     // policy decides on that pod and port.
-    let out = mesh.palisade(&[
-        "exec",
-        "front/nginx-front",
-        "--",
-        "curl",
-        "-sS",
-        "-m",
-        "3",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "http://back.back.svc.cluster.local:3306/",
-    ]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{out:?}");
+    assert_eq!(
+        mesh.curl(
+            "front/nginx-front",
+            "http://back.back.svc.cluster.local:3306/"
+        ),
+        "200"
+    );
     let records = flows(&mesh);
     let via_service = records
         .iter()
@@ -137,13 +129,7 @@ fn the_example_mesh_runs_for_real_and_follows_policy_edits() {
     let to_back = HeldConnection::open(&mesh, "front/nginx-front", "10.77.0.20", 80);
     let mut to_front = HeldConnection::open(&mesh, "front/client", "10.77.0.10", 80);
     let written = now_ms();
-    std::fs::write(
-        dir.join("zz-freeze.yaml"),
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: freeze-front}\n\
-         spec:\n  order: 1\n  selector: app == 'nginx-front'\n  types: [Egress]\n  \
-         egress: [{action: Deny, protocol: TCP, destination: {ports: [80]}}]\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("zz-freeze.yaml"), FREEZE_FRONT).unwrap();
     let closed = to_back
         .next_line(Duration::from_secs(3))
         .unwrap_or_else(|| panic!("the denied connection stayed open\n{}", mesh.serve_log()));

@@ -189,6 +189,11 @@ impl Drop for Mesh {
     }
 }
 
+/// A policy that denies nginx-front's egress to port 80 (front -> back).
+pub const FREEZE_FRONT: &str = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n\
+    metadata: {name: freeze-front}\nspec:\n  order: 1\n  selector: app == 'nginx-front'\n  \
+    types: [Egress]\n  egress: [{action: Deny, protocol: TCP, destination: {ports: [80]}}]\n";
+
 pub fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).unwrap().flatten() {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
