@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
+mod k8s;
 mod mesh;
 mod serve;
 

@@ -158,6 +158,7 @@ pub struct Cluster {
     pub service_accounts: Vec<ServiceAccount>,
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
 }
 
 /// A Kubernetes Service: virtual addresses whose connections go to the pods its
@@ -175,6 +176,8 @@ pub struct Service {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
+    /// `name`; empty when the Service has one unnamed port.
+    pub name: String,
     pub port: u16,
     pub protocol: Protocol,
     pub target: TargetPort,
@@ -185,6 +188,34 @@ pub struct ServicePort {
 pub enum TargetPort {
     Number(u16),
     Name(String),
+}
+
+/// A `discovery.k8s.io/v1` EndpointSlice: addresses behind a Service, as the
+/// endpoint-slice controller (or an operator, for a selectorless Service) wrote them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSlice {
+    pub namespace: String,
+    pub name: String,
+    /// Label `kubernetes.io/service-name`: the Service this slice belongs to.
+    pub service: Option<String>,
+    pub ports: Vec<EndpointPort>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A slice port: matched to a Service port by name (both empty when unnamed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointPort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addresses: Vec<IpAddr>,
+    /// `conditions.ready`; unset counts as ready (the API says consumers should
+    /// treat an unknown state as ready).
+    pub ready: bool,
 }
 
 impl Cluster {

@@ -296,6 +296,7 @@ pub fn load(file: &str, text: &str) -> Result<(String, Vec<StepState>), Scenario
 fn to_cluster(spec: &ClusterSpec) -> Result<Cluster, String> {
     let mut cluster = Cluster {
         services: Vec::new(),
+        endpoint_slices: Vec::new(),
         namespaces: spec
             .namespaces
             .iter()

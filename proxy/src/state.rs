@@ -160,8 +160,7 @@ impl Snapshot {
             trust_domain,
         } = inputs;
         let (policy, errors) = CompiledCluster::new(manifests);
-        let services =
-            palisade_policy::services::ServiceTable::build(&manifests.cluster.services, &policy);
+        let services = palisade_policy::services::ServiceTable::build(&manifests.cluster, &policy);
         skipped.extend(errors.into_iter().map(|e| e.to_string()));
 
         let workload = policy

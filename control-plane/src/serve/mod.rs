@@ -23,6 +23,8 @@ mod stream;
 mod tests;
 mod world;
 
+pub use source::Change;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

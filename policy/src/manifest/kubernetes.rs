@@ -82,6 +82,7 @@ pub(super) fn service(value: Value) -> Result<model::Service, FieldError> {
             Some(IntOrString::String(name)) => model::TargetPort::Name(name.clone()),
         };
         ports.push(model::ServicePort {
+            name: p.name.clone().unwrap_or_default(),
             port,
             protocol: kubernetes_protocol(p.protocol.as_deref(), &join(&at, "protocol"))?,
             target,
@@ -93,6 +94,51 @@ pub(super) fn service(value: Value) -> Result<model::Service, FieldError> {
         cluster_ips,
         selector: spec.selector,
         ports,
+    })
+}
+
+pub(super) fn endpoint_slice(value: Value) -> Result<model::EndpointSlice, FieldError> {
+    let slice: k8s_openapi::api::discovery::v1::EndpointSlice = typed(value, "")?;
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let at = format!("ports[{i}]");
+        // A port without a number means "all ports" (for a selectorless Service
+        // with no ports); nothing a frontend can be resolved to.
+        let Some(port) = p.port else { continue };
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| FieldError::new(join(&at, "port"), "must be 1-65535"))?;
+        ports.push(model::EndpointPort {
+            name: p.name.clone().unwrap_or_default(),
+            port,
+            protocol: kubernetes_protocol(p.protocol.as_deref(), &join(&at, "protocol"))?,
+        });
+    }
+    let ip_family = matches!(slice.address_type.as_str(), "IPv4" | "IPv6");
+    let mut endpoints = Vec::new();
+    for (i, e) in slice.endpoints.iter().enumerate() {
+        if !ip_family {
+            break; // addressType FQDN: names, not addresses; nothing to resolve to.
+        }
+        let mut addresses = Vec::new();
+        for (j, a) in e.addresses.iter().enumerate() {
+            addresses.push(parse_ip(a, &format!("endpoints[{i}].addresses[{j}]"))?);
+        }
+        endpoints.push(model::Endpoint {
+            addresses,
+            ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+        });
+    }
+    Ok(model::EndpointSlice {
+        namespace: slice.metadata.namespace.unwrap_or_else(|| "default".into()),
+        name: slice.metadata.name.unwrap_or_default(),
+        service: slice
+            .metadata
+            .labels
+            .and_then(|mut l| l.remove("kubernetes.io/service-name")),
+        ports,
+        endpoints,
     })
 }
 

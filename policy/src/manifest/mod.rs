@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
-pub use objects::{objects, FileObjects, ObjectError, SourceObject};
+pub use objects::{object, object_key, objects, FileObjects, ObjectError, SourceObject};
 
 use crate::model::Cluster;
 use crate::policy::{Policy, Tier};
@@ -34,7 +34,8 @@ pub struct Manifests {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct LoadError {
     pub file: String,
-    /// 1-based document number in the file; `None` when the file itself is unreadable.
+    /// 1-based document number in the file; `None` when the file itself is
+    /// unreadable, or the object came from the Kubernetes API, not a file.
     pub document: Option<usize>,
     /// `Kind name` or `Kind namespace/name`, when known.
     pub object: Option<String>,
@@ -113,7 +114,7 @@ impl Manifests {
         let mut errors = Vec::new();
         let documents = split_documents(file, text, &mut errors);
         for (index, document) in documents {
-            self.load_value(file, index, document, &mut errors);
+            self.load_value(file, Some(index), document, &mut errors);
         }
         errors
     }
@@ -123,7 +124,7 @@ impl Manifests {
     pub fn load_json(&mut self, origin: &str, json: &str) -> Vec<LoadError> {
         let mut errors = Vec::new();
         match serde_json::from_str::<Value>(json) {
-            Ok(value) => self.load_value(origin, 1, value, &mut errors),
+            Ok(value) => self.load_value(origin, Some(1), value, &mut errors),
             Err(e) => errors.push(LoadError {
                 file: origin.to_owned(),
                 document: None,
@@ -142,6 +143,7 @@ impl Manifests {
             + c.service_accounts.len()
             + c.pods.len()
             + c.services.len()
+            + c.endpoint_slices.len()
             + self.policies.len()
             + self.tiers.len()
     }
@@ -153,13 +155,13 @@ impl Manifests {
     fn load_value(
         &mut self,
         file: &str,
-        document: usize,
+        document: Option<usize>,
         value: Value,
         errors: &mut Vec<LoadError>,
     ) {
         let error = |object: Option<String>, e: FieldError| LoadError {
             file: file.to_owned(),
-            document: Some(document),
+            document,
             object,
             field: (!e.field.is_empty()).then_some(e.field),
             message: e.message,
@@ -221,6 +223,9 @@ impl Manifests {
             }
             ("v1", "Pod") => kubernetes::pod(value).map(|p| self.cluster.pods.push(p)),
             ("v1", "Service") => kubernetes::service(value).map(|s| self.cluster.services.push(s)),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                kubernetes::endpoint_slice(value).map(|s| self.cluster.endpoint_slices.push(s))
+            }
             ("networking.k8s.io/v1", "NetworkPolicy") => {
                 kubernetes::network_policy(value).map(|p| self.policies.push(p))
             }

@@ -58,26 +58,62 @@ pub fn objects(file: &str, text: &str) -> FileObjects {
             if item.is_null() {
                 continue;
             }
-            let key = key_of(&item);
-            let mut scratch = Manifests::default();
-            let mut errors = Vec::new();
-            scratch.load_value(file, document, item.clone(), &mut errors);
-            if !errors.is_empty() {
-                out.errors
-                    .extend(errors.into_iter().map(|error| ObjectError {
-                        key: key.clone(),
-                        error,
-                    }));
-            } else if let (Some(key), false) = (key, scratch.is_empty()) {
-                out.objects.push(SourceObject {
-                    key,
-                    origin: format!("{file}: document {document}"),
-                    json: item.to_string(),
-                });
+            match validate(file, Some(document), item) {
+                Ok(Some(object)) => out.objects.push(object),
+                Ok(None) => {}
+                Err(errors) => out.errors.extend(errors),
             }
         }
     }
     out
+}
+
+/// Validates one object that did not come from a file (a Kubernetes watch, say):
+/// `Ok(None)` when it carries nothing policy-relevant. `origin` names it in errors.
+pub fn object(origin: &str, value: Value) -> Result<Option<SourceObject>, Vec<ObjectError>> {
+    validate(origin, None, value)
+}
+
+fn validate(
+    file: &str,
+    document: Option<usize>,
+    item: Value,
+) -> Result<Option<SourceObject>, Vec<ObjectError>> {
+    let key = key_of(&item);
+    let mut scratch = Manifests::default();
+    let mut errors = Vec::new();
+    scratch.load_value(file, document, item.clone(), &mut errors);
+    if !errors.is_empty() {
+        return Err(errors
+            .into_iter()
+            .map(|error| ObjectError {
+                key: key.clone(),
+                error,
+            })
+            .collect());
+    }
+    Ok(match (key, scratch.is_empty()) {
+        (Some(key), false) => Some(SourceObject {
+            key,
+            origin: match document {
+                Some(document) => format!("{file}: document {document}"),
+                None => file.to_owned(),
+            },
+            json: item.to_string(),
+        }),
+        _ => None,
+    })
+}
+
+/// The key an object of `api_version`/`kind` named `namespace/name` is held under
+/// (`namespace` empty for cluster-scoped kinds).
+pub fn object_key(api_version: &str, kind: &str, namespace: &str, name: &str) -> String {
+    let group = match api_version.split_once('/') {
+        Some(("crd.projectcalico.org" | "projectcalico.org", _)) => "projectcalico.org",
+        Some((group, _)) => group,
+        None => "",
+    };
+    format!("{group}/{kind}/{namespace}/{name}")
 }
 
 fn is_list(value: &Value) -> bool {
@@ -89,18 +125,12 @@ fn is_list(value: &Value) -> bool {
 
 fn key_of(value: &Value) -> Option<String> {
     let head: Head = typed(value.clone(), "").ok()?;
-    let api_version = head.api_version?;
-    let group = match api_version.split_once('/') {
-        Some(("crd.projectcalico.org" | "projectcalico.org", _)) => "projectcalico.org",
-        Some((group, _)) => group,
-        None => "",
-    };
     let metadata = head.metadata?;
-    Some(format!(
-        "{group}/{}/{}/{}",
-        head.kind?,
-        metadata.namespace.unwrap_or_default(),
-        metadata.name?
+    Some(object_key(
+        &head.api_version?,
+        &head.kind?,
+        &metadata.namespace.unwrap_or_default(),
+        &metadata.name?,
     ))
 }
 
