@@ -20,6 +20,7 @@ pub mod explain;
 pub mod http;
 pub mod manifest;
 pub mod model;
+pub mod notation;
 pub mod policy;
 pub mod scenario;
 pub mod selector;

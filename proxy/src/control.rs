@@ -14,7 +14,7 @@
 //! update does not build.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -40,9 +40,12 @@ const RENEWAL_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
-    pub addr: SocketAddr,
+    /// HOST:PORT; a name is resolved at each connect (a Service's DNS name).
+    pub addr: String,
     pub pod: PodKey,
-    pub bootstrap_token: String,
+    /// Read at each bootstrap: on a cluster it is the projected service-account
+    /// token, which the kubelet rotates.
+    pub bootstrap_token_file: PathBuf,
     /// Roots the control plane's own certificate must chain to.
     pub roots: TrustBundle,
     pub trust_domain: String,
@@ -112,12 +115,15 @@ async fn bootstrap(
     config: &ControlPlane,
 ) -> anyhow::Result<(Credentials, Vec<CertificateDer<'static>>)> {
     let tls = control_plane_client_config(None, &config.roots, expected(config)?)?;
-    let channel = connect(config.addr, tls).await?;
+    let token_file = &config.bootstrap_token_file;
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("the bootstrap token {}", token_file.display()))?;
+    let channel = connect(&config.addr, tls).await?;
     let (pending, csr) = request_bootstrap()?;
     let response = IdentityClient::new(channel)
         .certify(CertifyRequest {
             pod: config.pod.to_string(),
-            bootstrap_token: config.bootstrap_token.clone(),
+            bootstrap_token: token.trim().to_owned(),
             csr_der: csr,
         })
         .await
@@ -141,11 +147,12 @@ fn expected(config: &ControlPlane) -> anyhow::Result<SpiffeId> {
     Ok(palisade_api::control_plane_identity(&config.trust_domain).parse()?)
 }
 
-async fn connect(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Channel> {
+async fn connect(addr: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Channel> {
+    let target = addr.to_owned();
     let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
-        let tls = tls.clone();
+        let (tls, target) = (tls.clone(), target.clone());
         async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let tcp = tokio::net::TcpStream::connect(target.as_str()).await?;
             tcp.set_nodelay(true)?;
             let stream = tokio_rustls::TlsConnector::from(tls)
                 .connect(server_name(), tcp)
@@ -172,7 +179,7 @@ async fn follow(
 ) -> anyhow::Result<()> {
     let tls =
         control_plane_client_config(Some(identity.clone()), &config.roots, expected(config)?)?;
-    let channel = connect(config.addr, tls).await?;
+    let channel = connect(&config.addr, tls).await?;
     let (tx, rx) = mpsc::channel(8);
     let say = |m: Message| ProxyMessage { message: Some(m) };
     tx.send(say(Message::Hello(Hello {

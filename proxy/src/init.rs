@@ -16,6 +16,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
+pub use palisade_policy::notation::PortRange;
 
 /// What the rules redirect and what they leave alone.
 #[derive(Clone, Debug)]
@@ -24,9 +25,9 @@ pub struct InitConfig {
     pub inbound_port: u16,
     pub outbound_port: u16,
     /// Inbound destination ports that reach the app directly (health checks, ...).
-    pub exclude_inbound_ports: Vec<u16>,
+    pub exclude_inbound_ports: Vec<PortRange>,
     /// Outbound destination ports that go out directly.
-    pub exclude_outbound_ports: Vec<u16>,
+    pub exclude_outbound_ports: Vec<PortRange>,
     /// Outbound destinations that go out directly.
     pub exclude_outbound_cidrs: Vec<IpNet>,
     /// Inbound sources that reach the app directly.
@@ -80,10 +81,8 @@ pub fn render(config: &InitConfig, family: Family) -> String {
         r += &format!("-A {from} -p tcp -j {to}\n");
     }
     // Inbound: the proxy's own ports are never redirected to themselves.
-    for port in [config.inbound_port, config.outbound_port]
-        .iter()
-        .chain(&config.exclude_inbound_ports)
-    {
+    let own = [config.inbound_port, config.outbound_port].map(|p| PortRange { first: p, last: p });
+    for port in own.iter().chain(&config.exclude_inbound_ports) {
         r += &format!("-A {INBOUND_CHAIN} -p tcp --dport {port} -j RETURN\n");
     }
     for cidr in config

@@ -11,7 +11,8 @@ use arc_swap::ArcSwapOption;
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 use palisade_policy::model::PodKey;
-use palisade_proxy::init::{Family, InitConfig};
+use palisade_policy::notation::parse_net;
+use palisade_proxy::init::{Family, InitConfig, PortRange};
 use palisade_proxy::{
     admin, flow::FlowLog, inbound, metrics::Metrics, outbound, serve, state, Mode, Proxy,
 };
@@ -64,13 +65,15 @@ struct InitArgs {
     inbound_port: u16,
     #[arg(long, default_value_t = 15001)]
     outbound_port: u16,
+    /// Ports or ranges (`8080`, `4000-5000`), comma-separated.
     #[arg(long, value_delimiter = ',')]
-    exclude_inbound_ports: Vec<u16>,
+    exclude_inbound_ports: Vec<PortRange>,
     #[arg(long, value_delimiter = ',')]
-    exclude_outbound_ports: Vec<u16>,
-    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_ports: Vec<PortRange>,
+    /// CIDRs or bare addresses, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_net)]
     exclude_inbound_cidrs: Vec<IpNet>,
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = parse_net)]
     exclude_outbound_cidrs: Vec<IpNet>,
     /// Print the iptables-restore input instead of applying it.
     #[arg(long)]
@@ -81,9 +84,10 @@ struct InitArgs {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// The control plane (HOST:PORT): identity and state come from its stream.
+    /// The control plane (HOST:PORT; HOST may be a DNS name): identity and state
+    /// come from its stream.
     #[arg(long, env = "PALISADE_CONTROL_PLANE", conflicts_with = "state_dir")]
-    control_plane: Option<SocketAddr>,
+    control_plane: Option<String>,
     /// With --control-plane: the file holding this pod's bootstrap token.
     #[arg(
         long,
@@ -94,6 +98,16 @@ struct RunArgs {
     /// With --control-plane: the roots (PEM) its certificate must chain to.
     #[arg(long, env = "PALISADE_CONTROL_PLANE_CA", requires = "control_plane")]
     control_plane_ca: Option<PathBuf>,
+    /// The same roots given inline (the injector sets this, as linkerd's sets
+    /// its trust anchors), instead of --control-plane-ca.
+    #[arg(
+        long,
+        env = "PALISADE_CONTROL_PLANE_CA_PEM",
+        requires = "control_plane",
+        conflicts_with = "control_plane_ca",
+        hide_env_values = true
+    )]
+    control_plane_ca_pem: Option<String>,
     /// File mode, for a proxy run by hand: a directory with identity.crt,
     /// identity.key, bundle.crt and manifests/, reloaded when it changes.
     #[arg(
@@ -200,6 +214,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         control_plane,
         bootstrap_token_file,
         control_plane_ca,
+        control_plane_ca_pem,
         state_dir,
         pod,
         trust_domain,
@@ -263,6 +278,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 trust_domain,
                 bootstrap_token_file,
                 control_plane_ca,
+                control_plane_ca_pem,
             )?;
             tokio::spawn(palisade_proxy::control::run(config, shared, recheck));
         }
@@ -311,31 +327,36 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
 }
 
 fn control_plane_config(
-    addr: SocketAddr,
+    addr: String,
     pod: PodKey,
     trust_domain: String,
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
+    ca_pem: Option<String>,
 ) -> anyhow::Result<palisade_proxy::control::ControlPlane> {
     let token_file =
         token_file.context("--bootstrap-token-file is required with --control-plane")?;
-    let ca_file = ca_file.context("--control-plane-ca is required with --control-plane")?;
-    let token = std::fs::read_to_string(&token_file)
-        .with_context(|| format!("{}", token_file.display()))?
-        .trim()
-        .to_owned();
-    let pem = std::fs::read(&ca_file).with_context(|| format!("{}", ca_file.display()))?;
+    let (origin, pem) = match (ca_file, ca_pem) {
+        (Some(file), _) => (
+            file.display().to_string(),
+            std::fs::read(&file).with_context(|| format!("{}", file.display()))?,
+        ),
+        (None, Some(pem)) => ("PALISADE_CONTROL_PLANE_CA_PEM".to_owned(), pem.into_bytes()),
+        (None, None) => anyhow::bail!(
+            "--control-plane-ca (or PALISADE_CONTROL_PLANE_CA_PEM) is required with --control-plane"
+        ),
+    };
     use rustls::pki_types::pem::PemObject;
     let roots: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .with_context(|| format!("{}: certificates (PEM)", ca_file.display()))?;
+        .with_context(|| format!("{origin}: certificates (PEM)"))?;
     if roots.is_empty() {
-        anyhow::bail!("{}: no certificate in it", ca_file.display());
+        anyhow::bail!("{origin}: no certificate in it");
     }
     Ok(palisade_proxy::control::ControlPlane {
         addr,
         pod,
-        bootstrap_token: token,
+        bootstrap_token_file: token_file,
         roots: palisade_certs::TrustBundle::new(roots),
         trust_domain,
     })
