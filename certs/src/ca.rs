@@ -268,6 +268,54 @@ impl CertificateAuthority {
     }
 }
 
+/// A TLS serving certificate for DNS names (the injection webhook, which the
+/// API server verifies by name against the caBundle), with its key.
+#[derive(Debug)]
+pub struct ServingCertificate {
+    pub der: CertificateDer<'static>,
+    pub key_pem: String,
+    pub not_after: OffsetDateTime,
+}
+
+impl CertificateAuthority {
+    /// The CA key, PEM, for storing it (a Kubernetes Secret) beside [`Self::root_pem`].
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// Issues a serving certificate for `dns_names`, with a fresh key.
+    pub fn issue_serving(
+        &self,
+        dns_names: &[String],
+        lifetime: Duration,
+    ) -> Result<ServingCertificate, IssueError> {
+        let sign = |e: rcgen::Error| IssueError::Sign(e.to_string());
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(sign)?;
+        let mut params = CertificateParams::new(dns_names.to_vec()).map_err(sign)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Palisade");
+        if let Some(first) = dns_names.first() {
+            dn.push(DnType::CommonName, first.as_str());
+        }
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now;
+        // Not capped like SVIDs: the holder re-issues it on its own schedule.
+        params.not_after = now + lifetime;
+        params.serial_number = Some(random_serial());
+        let cert = params.signed_by(&key, &self.issuer).map_err(sign)?;
+        Ok(ServingCertificate {
+            der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
+            not_after: params.not_after,
+        })
+    }
+}
+
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = fs::OpenOptions::new()

@@ -47,6 +47,26 @@ fn reject(e: SvidError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
 
+/// A plain TLS server (no client certificate) for a certificate chain and key,
+/// PEM key: the injection webhook, which the API server reaches by DNS name.
+/// ALPN h2 and http/1.1, as the API server offers both.
+pub fn serving_config(
+    chain: Vec<CertificateDer<'static>>,
+    key_pem: &str,
+) -> Result<ServerConfig, TlsConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| TlsConfigError::Rustls(format!("serving key: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsConfigError::Rustls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsConfigError::Rustls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The server side of mesh mTLS.
 pub fn server_config(
     identity: Arc<IdentityStore>,

@@ -8,6 +8,7 @@ mod cli;
 mod k8s;
 mod mesh;
 mod serve;
+mod webhook;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
