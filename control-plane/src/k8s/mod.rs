@@ -6,12 +6,14 @@
 //! one backed by recorded API responses (see `tests.rs`): the API server is the
 //! one real part that cannot run on this machine.
 
+pub mod ca_secret;
 #[cfg(test)]
 mod fake_api;
 pub mod kinds;
 pub mod source;
 #[cfg(test)]
 mod tests;
+pub mod tokenreview;
 pub mod watch;
 
 /// A client from the kubeconfig (`KUBECONFIG`, `~/.kube/config`) or, inside a
