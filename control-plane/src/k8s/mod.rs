@@ -8,7 +8,7 @@
 
 pub mod ca_secret;
 #[cfg(test)]
-mod fake_api;
+pub mod fake_api;
 pub mod kinds;
 pub mod source;
 #[cfg(test)]

@@ -1,11 +1,13 @@
-//! `palisade serve`: the control plane. Sources -> versioned world -> per-proxy
-//! streams, plus the CA service, on one mTLS gRPC port.
+//! `palisade serve`: the control plane. A source -> versioned world -> per-proxy
+//! streams, plus the CA service, on one mTLS gRPC port; on a cluster also the
+//! sidecar injection webhook on its own HTTPS port.
 //!
 //! ```text
-//! manifest dir --notify--> ManifestSource::rescan (per file, per object)
+//! manifest dir --notify--> ManifestSource::rescan      (files.rs, local mesh)
+//! Kubernetes API --watchers--> ClusterSource::apply    (cluster.rs, --kubernetes)
 //!     -> World::next (one writer) --watch--> one stream task per proxy
 //!          snapshot, then merged deltas; acks/nacks -> StatusBoard (status file)
-//! Identity.Certify (bootstrap token + CSR) -> CA -> the pod's identity
+//! Identity.Certify (bootstrap token or projected SA token + CSR) -> CA -> the pod's identity
 //! ```
 //!
 //! What it distributes is the compiler's input, validated object by object (an
@@ -13,7 +15,13 @@
 //! each proxy compiles the objects with the same policy crate on an update, never
 //! per connection. Every proxy gets every object: per-proxy trimming to the
 //! policies that select it and the peer groups they name is not done yet.
+//!
+//! Replicas on a cluster share nothing but the CA Secret: each watches and
+//! serves on its own, so any replica serves any proxy (a proxy that moves to
+//! another replica starts from a snapshot, as versions are per replica).
 
+mod cluster;
+mod files;
 mod identity;
 mod listener;
 mod source;
@@ -37,23 +45,37 @@ use palisade_certs::identity::request;
 use palisade_certs::{CaConfig, CertificateAuthority, Credentials, IdentityStore, SpiffeId};
 use tokio::sync::watch;
 
+use identity::Authenticator;
 use source::ManifestSource;
 use status::StatusBoard;
 use world::World;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Manifest directory, watched: a change is applied object by object.
+    /// Manifest directory, watched: a change is applied object by object (local mesh).
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API instead (in-cluster config, or the kubeconfig).
     #[arg(long)]
-    pub manifests: PathBuf,
+    pub kubernetes: bool,
     /// The CA's key and certificate (ca.key, ca.crt), made on first start and kept.
     #[arg(long, default_value = "/var/lib/palisade/ca")]
     pub ca_dir: PathBuf,
+    /// On a cluster: keep the CA in this Secret (NAMESPACE/NAME), shared by replicas.
+    #[arg(long, requires = "kubernetes")]
+    pub ca_secret: Option<String>,
     #[arg(long, default_value = "0.0.0.0:15012")]
     pub listen: SocketAddr,
-    /// Bootstrap tokens, lines `TOKEN NAMESPACE/POD` (read at each request).
-    #[arg(long)]
-    pub bootstrap_tokens: PathBuf,
+    /// Local mesh: bootstrap tokens, lines `TOKEN NAMESPACE/POD` (read at each request).
+    #[arg(long, required_unless_present = "kubernetes")]
+    pub bootstrap_tokens: Option<PathBuf>,
+    /// On a cluster: the audience proxies' projected tokens must be for.
+    #[arg(long, default_value = "palisade")]
+    pub token_audience: String,
     /// Where to write the status of sources and proxies (JSON), after every change.
     #[arg(long)]
     pub status_file: Option<PathBuf>,
@@ -62,6 +84,8 @@ pub struct ServeArgs {
     pub cert_lifetime_secs: u64,
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
+    #[command(flatten)]
+    pub webhook: cluster::WebhookArgs,
 }
 
 /// What every service task shares. Read-mostly; the world changes by `watch`.
@@ -70,7 +94,7 @@ pub struct Shared {
     ca: CertificateAuthority,
     world: watch::Receiver<Arc<World>>,
     status: StatusBoard,
-    tokens: PathBuf,
+    auth: Authenticator,
     lifetime: Duration,
 }
 
@@ -97,29 +121,72 @@ async fn serve(args: ServeArgs, listener: tokio::net::TcpListener) -> anyhow::Re
         trust_domain: args.trust_domain.clone(),
         ..CaConfig::default()
     };
-    let ca = CertificateAuthority::load_or_generate(ca_config, &args.ca_dir)
-        .with_context(|| format!("the CA in {}", args.ca_dir.display()))?;
+    let client = if args.kubernetes {
+        Some(crate::k8s::client().await?)
+    } else {
+        None
+    };
+    let ca = match (&client, &args.ca_secret) {
+        (Some(client), Some(secret)) => {
+            let (namespace, name) = secret
+                .split_once('/')
+                .context("--ca-secret is NAMESPACE/NAME")?;
+            crate::k8s::ca_secret::load_or_create(client, namespace, name, ca_config).await?
+        }
+        _ => CertificateAuthority::load_or_generate(ca_config, &args.ca_dir)
+            .with_context(|| format!("the CA in {}", args.ca_dir.display()))?,
+    };
     let server_identity = own_identity(&ca, &args.trust_domain)?;
     let tls = palisade_certs::tls::control_plane_server_config(
         server_identity.clone(),
         &palisade_certs::TrustBundle::new([ca.root().clone()]),
     )?;
 
-    let mut source = ManifestSource::default();
-    for file in crate::cli::manifest_files(&args.manifests)? {
-        source.rescan(&file);
-    }
-    report_problems(&source);
-    let first = World::first(source.objects().clone(), &args.trust_domain);
-    let (world_tx, world_rx) = watch::channel(Arc::new(first));
+    // The first world: everything the source holds once it has read it all.
+    let (first, problems, source) = match (&client, &args.manifests) {
+        (Some(client), _) => {
+            let (source, rest) = cluster::sync(client.clone()).await?;
+            let problems: Vec<String> = source.problems().cloned().collect();
+            (
+                source.objects().clone(),
+                problems,
+                Source::Cluster(source, rest),
+            )
+        }
+        (None, Some(dir)) => {
+            let mut source = ManifestSource::default();
+            for file in crate::cli::manifest_files(dir)? {
+                source.rescan(&file);
+            }
+            let problems: Vec<String> = source.problems().cloned().collect();
+            (
+                source.objects().clone(),
+                problems,
+                Source::Files(dir.clone(), source),
+            )
+        }
+        (None, None) => anyhow::bail!("--manifests DIR or --kubernetes is required"),
+    };
+    report_problems(problems.iter());
+    let (world_tx, world_rx) = watch::channel(Arc::new(World::first(first, &args.trust_domain)));
+    let auth = match (&client, &args.bootstrap_tokens) {
+        (Some(client), _) => {
+            Authenticator::TokenReview(crate::k8s::tokenreview::TokenReviewer::new(
+                client.clone(),
+                args.token_audience.clone(),
+            ))
+        }
+        (None, Some(file)) => Authenticator::Tokens(file.clone()),
+        (None, None) => anyhow::bail!("--bootstrap-tokens FILE is required without --kubernetes"),
+    };
     let shared = Arc::new(Shared {
         ca,
         world: world_rx,
         status: StatusBoard::new(args.status_file.clone()),
-        tokens: args.bootstrap_tokens.clone(),
+        auth,
         lifetime: Duration::from_secs(args.cert_lifetime_secs),
     });
-    publish_status(&shared, &source);
+    publish_status(&shared, problems.iter());
 
     // The control plane's own certificate, renewed like a proxy's.
     let renewing = {
@@ -144,17 +211,36 @@ async fn serve(args: ServeArgs, listener: tokio::net::TcpListener) -> anyhow::Re
     };
     tokio::spawn(renewing);
 
-    let watcher = watch_manifests(
-        args.manifests.clone(),
-        source,
-        world_tx,
-        shared.clone(),
-        args.trust_domain.clone(),
-    )?;
+    let mut _file_watcher = None;
+    let what = match source {
+        Source::Files(dir, source) => {
+            let what = dir.display().to_string();
+            _file_watcher = Some(files::watch_manifests(
+                dir,
+                source,
+                world_tx,
+                shared.clone(),
+                args.trust_domain.clone(),
+            )?);
+            what
+        }
+        Source::Cluster(source, rest) => {
+            tokio::spawn(cluster::follow(
+                source,
+                rest,
+                world_tx,
+                shared.clone(),
+                args.trust_domain.clone(),
+            ));
+            if let Some(client) = &client {
+                cluster::start_webhook(&args, client.clone(), &shared).await?;
+            }
+            "the Kubernetes API".to_owned()
+        }
+    };
 
     eprintln!(
-        "palisade serve: {} on {}, version {} ({} objects)",
-        args.manifests.display(),
+        "palisade serve: {what} on {}, version {} ({} objects)",
         args.listen,
         shared.world.borrow().version,
         shared.world.borrow().objects.len()
@@ -177,8 +263,13 @@ async fn serve(args: ServeArgs, listener: tokio::net::TcpListener) -> anyhow::Re
         .add_service(DistributionServer::new(stream::DistributionService(shared)))
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;
-    drop(watcher);
     Ok(())
+}
+
+/// Where objects come from, after the first full read.
+enum Source {
+    Files(PathBuf, ManifestSource),
+    Cluster(crate::k8s::source::ClusterSource, cluster::Events),
 }
 
 fn control_plane_id(trust_domain: &str) -> anyhow::Result<SpiffeId> {
@@ -199,88 +290,18 @@ fn own_identity(
     )?))
 }
 
-fn report_problems(source: &ManifestSource) {
-    for problem in source.problems() {
+fn report_problems<'a>(problems: impl Iterator<Item = &'a String>) {
+    for problem in problems {
         eprintln!("error: {problem}");
     }
 }
 
-fn publish_status(shared: &Shared, source: &ManifestSource) {
+fn publish_status<'a>(shared: &Shared, problems: impl Iterator<Item = &'a String>) {
     let world = shared.world.borrow().clone();
-    let problems: Vec<String> = source.problems().cloned().collect();
+    let problems: Vec<String> = problems.cloned().collect();
     shared.status.update(|s| {
         s.version = world.version;
         s.version_made_at_ms = world.made_at_ms;
         s.problems = problems;
     });
-}
-
-/// The one writer of the world: file events -> rescans -> the next version.
-fn watch_manifests(
-    dir: PathBuf,
-    mut source: ManifestSource,
-    world_tx: watch::Sender<Arc<World>>,
-    shared: Arc<Shared>,
-    trust_domain: String,
-) -> anyhow::Result<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
-    let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
-        if let Ok(e) = e {
-            if e.kind.is_modify() || e.kind.is_create() || e.kind.is_remove() {
-                let _ = tx.send(e.paths);
-            }
-        }
-    })?;
-    watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
-    tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            // A short settle: editors and `cp` write in bursts.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let mut paths = first;
-            while let Ok(more) = rx.try_recv() {
-                paths.extend(more);
-            }
-            let change = rescan(&mut source, &dir, paths);
-            report_problems(&source);
-            if !change.is_empty() {
-                let (upserts, removals) = (change.upserts.len(), change.removals.len());
-                let next = Arc::new(world_tx.borrow().next(change, &trust_domain));
-                eprintln!(
-                    "version {}: {upserts} objects changed, {removals} removed",
-                    next.version
-                );
-                world_tx.send_replace(next);
-            }
-            publish_status(&shared, &source);
-        }
-    });
-    Ok(watcher)
-}
-
-fn rescan(source: &mut ManifestSource, dir: &Path, mut paths: Vec<PathBuf>) -> source::Change {
-    let is_manifest = |p: &Path| {
-        p.extension()
-            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
-    };
-    // A directory event (created, moved in): every manifest under it.
-    if paths.iter().any(|p| p.is_dir()) {
-        paths.extend(crate::cli::manifest_files(dir).unwrap_or_default());
-    }
-    paths.sort();
-    paths.dedup();
-    let mut change = source::Change::default();
-    for path in paths.into_iter().filter(|p| is_manifest(p)) {
-        let c = source.rescan(&path);
-        // Later files win for a key touched twice in one burst.
-        change
-            .upserts
-            .retain(|o| !c.removals.contains(&o.key) && !c.upserts.iter().any(|n| n.key == o.key));
-        change
-            .removals
-            .retain(|k| !c.upserts.iter().any(|n| &n.key == k));
-        change.upserts.extend(c.upserts);
-        change.removals.extend(c.removals);
-    }
-    change
 }

@@ -21,6 +21,17 @@ impl Change {
     pub fn is_empty(&self) -> bool {
         self.upserts.is_empty() && self.removals.is_empty()
     }
+
+    /// Adds the later change `next`: where both touch a key, `next` wins.
+    pub fn merge(&mut self, next: Change) {
+        self.upserts.retain(|o| {
+            !next.removals.contains(&o.key) && !next.upserts.iter().any(|n| n.key == o.key)
+        });
+        self.removals
+            .retain(|k| !next.upserts.iter().any(|n| &n.key == k));
+        self.upserts.extend(next.upserts);
+        self.removals.extend(next.removals);
+    }
 }
 
 #[derive(Debug, Default)]

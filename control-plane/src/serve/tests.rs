@@ -55,15 +55,22 @@ async fn start() -> ControlPlane {
     std::fs::write(dir.path().join("tokens"), "tok-web front/web\n").unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let args = ServeArgs {
-        manifests: dir.path().join("manifests"),
-        ca_dir: dir.path().join("ca"),
-        listen: addr,
-        bootstrap_tokens: dir.path().join("tokens"),
-        status_file: Some(dir.path().join("status.json")),
-        cert_lifetime_secs: 60,
-        trust_domain: "cluster.local".into(),
-    };
+    #[derive(clap::Parser)]
+    struct Command {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+    let path = |p: &str| dir.path().join(p).display().to_string();
+    let args = <Command as clap::Parser>::parse_from([
+        "serve".to_owned(),
+        format!("--manifests={}", path("manifests")),
+        format!("--ca-dir={}", path("ca")),
+        format!("--listen={addr}"),
+        format!("--bootstrap-tokens={}", path("tokens")),
+        format!("--status-file={}", path("status.json")),
+        "--cert-lifetime-secs=60".to_owned(),
+    ])
+    .serve;
     tokio::spawn(serve(args, listener));
     let ca = dir.path().join("ca/ca.crt");
     while read_status(&dir.path().join("status.json")).is_none() {

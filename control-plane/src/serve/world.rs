@@ -92,6 +92,13 @@ impl World {
         self.pods.get(pod)
     }
 
+    /// The labels of namespace `name`, if the world holds it (for the injector).
+    pub fn namespace_labels(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        let object = self.objects.get(&format!("/Namespace//{name}"))?;
+        let value: serde_json::Value = serde_json::from_str(&object.json).ok()?;
+        serde_json::from_value(value.pointer("/metadata/labels")?.clone()).ok()
+    }
+
     /// The deltas after `version`, merged; a snapshot when `version` is unknown
     /// (0, another control plane's, or older than the history).
     pub fn since(&self, version: u64) -> Catchup {

@@ -24,8 +24,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
 
-pub use inject::{InjectConfig, ADMIN_PORT, INIT_CONTAINER, PROXY_CONTAINER};
-pub use server::serve;
+#[cfg(test)]
+use inject::INIT_CONTAINER;
+pub use inject::{InjectConfig, PROXY_CONTAINER};
+pub use server::{serve, NamespaceLabels};
 
 /// The answer to one AdmissionReview, and what happened, for logs and counters.
 #[derive(Debug)]
