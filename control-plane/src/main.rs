@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
+#[cfg(test)]
+mod deploy_tests;
 mod k8s;
 mod mesh;
 mod serve;

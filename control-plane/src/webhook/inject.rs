@@ -164,6 +164,7 @@ fn init_container(options: &PodOptions, config: &InjectConfig) -> Value {
     json!({
         "name": INIT_CONTAINER,
         "image": config.proxy_image,
+        "command": ["palisade-proxy"],
         "imagePullPolicy": "IfNotPresent",
         "args": args,
         "env": [{"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}],
@@ -193,6 +194,7 @@ fn proxy_container(config: &InjectConfig) -> Value {
     json!({
         "name": PROXY_CONTAINER,
         "image": config.proxy_image,
+        "command": ["palisade-proxy"],
         "imagePullPolicy": "IfNotPresent",
         "restartPolicy": "Always",
         "args": [
