@@ -245,7 +245,11 @@ fn the_webhook_reaches_the_port_the_deployment_serves_it_on() {
         .flatten()
         .map(String::as_str)
         .collect();
-    assert_eq!(values, BTreeSet::from(["kube-system", "palisade-system"]));
+    assert_eq!(
+        values,
+        BTreeSet::from(crate::webhook::EXCLUDED_NAMESPACES),
+        "what check-inject skips"
+    );
     assert_eq!(
         Some(&target.namespace),
         d.namespaces[0].metadata.name.as_ref()

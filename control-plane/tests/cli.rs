@@ -370,3 +370,40 @@ spec:
         "encoded slash (%2F) in the path"
     );
 }
+
+/// Expectations only: checked against `-f` manifests (without -f, the cluster).
+const PROMISES: &str = "\
+name: promises
+expect:
+  - {from: front/nginx-front, to: back/nginx-back, port: 80, allowed: true}
+  - {from: front/nginx-front, to: back/nginx-back, port: 81, allowed: true}
+";
+
+#[test]
+fn test_checks_expectation_only_scenarios_against_the_manifests_given() {
+    let dir = tempdir();
+    let file = write(dir.path(), "promises.yaml", PROMISES);
+    let o = palisade(&["test", &file, "-f", &example()]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("expect[1] front/nginx-front -> back/nginx-back TCP/81"),
+        "{out}"
+    );
+    assert!(out.ends_with("1 passed, 1 failed\n"), "{out}");
+}
+
+#[test]
+fn without_f_the_cli_reads_the_cluster_and_says_so_when_there_is_none() {
+    let dir = tempdir();
+    let o = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["matrix"])
+        .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(err.contains("no -f given, so reading the cluster"), "{err}");
+}

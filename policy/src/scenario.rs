@@ -233,6 +233,30 @@ pub struct StepState {
 
 /// Parses a scenario file into its steps, each compiled from scratch.
 pub fn load(file: &str, text: &str) -> Result<(String, Vec<StepState>), ScenarioError> {
+    load_with(file, text, None)
+}
+
+/// True for a scenario of expectations only (no `cluster`, no `policies`).
+pub fn needs_base(text: &str) -> bool {
+    serde_norway::from_str::<ScenarioSpec>(text).is_ok_and(|spec| {
+        spec.cluster.is_none()
+            && spec.policies.is_none()
+            && spec
+                .steps
+                .iter()
+                .flatten()
+                .all(|s| s.cluster.is_none() && s.policies.is_none())
+    })
+}
+
+/// As [`load`]; a scenario that brings neither `cluster` nor `policies` (only
+/// expectations) is evaluated against `base` when given: the manifests of
+/// `palisade test -f DIR`, or a live cluster's.
+pub fn load_with(
+    file: &str,
+    text: &str,
+    base: Option<&Manifests>,
+) -> Result<(String, Vec<StepState>), ScenarioError> {
     let error = |message: String| ScenarioError {
         file: file.to_owned(),
         message,
@@ -240,6 +264,14 @@ pub fn load(file: &str, text: &str) -> Result<(String, Vec<StepState>), Scenario
     let spec: ScenarioSpec =
         serde_norway::from_str(text).map_err(|e| error(format!("invalid scenario: {e}")))?;
     let stepped = spec.steps.is_some();
+    let self_contained = spec.cluster.is_some()
+        || spec.policies.is_some()
+        || spec
+            .steps
+            .iter()
+            .flatten()
+            .any(|s| s.cluster.is_some() || s.policies.is_some());
+    let base = base.filter(|_| !self_contained);
     let steps: Vec<StepSpec> = match spec.steps {
         Some(steps) => steps,
         None => vec![StepSpec {
@@ -265,14 +297,20 @@ pub fn load(file: &str, text: &str) -> Result<(String, Vec<StepState>), Scenario
         if let Some(p) = step.policies {
             policies = p;
         }
-        let mut manifests = Manifests {
-            cluster: to_cluster(&cluster).map_err(|m| error(format!("{where_}: {m}")))?,
-            ..Default::default()
+        let manifests = match base {
+            Some(base) => base.clone(),
+            None => {
+                let mut manifests = Manifests {
+                    cluster: to_cluster(&cluster).map_err(|m| error(format!("{where_}: {m}")))?,
+                    ..Default::default()
+                };
+                let errors = manifests.load_str(&format!("{file}: {where_}: policies"), &policies);
+                if let Some(first) = errors.first() {
+                    return Err(error(first.to_string()));
+                }
+                manifests
+            }
         };
-        let errors = manifests.load_str(&format!("{file}: {where_}: policies"), &policies);
-        if let Some(first) = errors.first() {
-            return Err(error(first.to_string()));
-        }
         let (compiled, errors) = CompiledCluster::new(&manifests);
         if let Some(first) = errors.first() {
             return Err(error(format!("{where_}: {first}")));
@@ -531,7 +569,16 @@ pub fn mismatches(compiled: &CompiledCluster, e: &Expectation, verdict: &Verdict
 
 /// Runs every expectation of a scenario file.
 pub fn run(file: &str, text: &str) -> Result<Vec<ExpectationResult>, ScenarioError> {
-    let (scenario, steps) = load(file, text)?;
+    run_with(file, text, None)
+}
+
+/// As [`run`], with `base` for expectation-only scenarios (see [`load_with`]).
+pub fn run_with(
+    file: &str,
+    text: &str,
+    base: Option<&Manifests>,
+) -> Result<Vec<ExpectationResult>, ScenarioError> {
+    let (scenario, steps) = load_with(file, text, base)?;
     let stepped = steps.len() > 1 || steps.first().is_some_and(|s| s.name.is_some());
     let mut results = Vec::new();
     for (i, step) in steps.iter().enumerate() {

@@ -15,7 +15,8 @@ use super::{load, Output};
 
 #[derive(Args, Debug)]
 pub struct ExplainArgs {
-    /// Manifest files or folders (Namespaces, Pods, ServiceAccounts, policies, tiers).
+    /// Manifest files or folders (Namespaces, Pods, ServiceAccounts, policies, tiers);
+    /// without -f, the cluster of the kubeconfig.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
     /// Source: NAMESPACE/POD or an IP address.

@@ -1,9 +1,10 @@
-//! Reads manifest files and folders (`-f`), compiles them, and reports every bad object
-//! on stderr while keeping the rest.
+//! Reads manifest files and folders (`-f`) or, without `-f`, the cluster of the
+//! kubeconfig; compiles them, and reports every bad object on stderr while
+//! keeping the rest.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use palisade_policy::{CompiledCluster, Manifests};
 
 /// YAML and JSON files under `path` (or `path` itself), sorted for a stable order.
@@ -31,11 +32,38 @@ pub fn manifest_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Loads and compiles the manifests under `paths`. Bad objects are reported and
-/// skipped; returns how many problems there were.
+/// Loads and compiles the manifests under `paths` (the cluster's objects when
+/// `paths` is empty). Bad objects are reported and skipped; returns how many
+/// problems there were.
 pub fn compile(paths: &[PathBuf]) -> anyhow::Result<(CompiledCluster, usize)> {
+    let (manifests, problems) = load(paths)?;
+    let (compiled, errors) = CompiledCluster::new(&manifests);
+    for e in &errors {
+        eprintln!("error: {e} (skipped)");
+    }
+    Ok((compiled, problems + errors.len()))
+}
+
+fn from_cluster() -> anyhow::Result<(Manifests, usize)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (manifests, problems) = runtime.block_on(async {
+        let client = crate::k8s::client().await.context(
+            "no -f given, so reading the cluster; give manifests with -f FILE_OR_DIR instead",
+        )?;
+        crate::k8s::list::manifests(&client).await
+    })?;
+    for e in &problems {
+        eprintln!("error: {e} (skipped)");
+    }
+    Ok((manifests, problems.len()))
+}
+
+/// The manifests under `paths`, or the cluster's when `paths` is empty.
+pub fn load(paths: &[PathBuf]) -> anyhow::Result<(Manifests, usize)> {
     if paths.is_empty() {
-        bail!("give the manifests with -f FILE_OR_DIR (reading from a cluster is not built yet)");
+        return from_cluster();
     }
     let mut manifests = Manifests::default();
     let mut problems = 0;
@@ -49,9 +77,5 @@ pub fn compile(paths: &[PathBuf]) -> anyhow::Result<(CompiledCluster, usize)> {
             }
         }
     }
-    let (compiled, errors) = CompiledCluster::new(&manifests);
-    for e in &errors {
-        eprintln!("error: {e} (skipped)");
-    }
-    Ok((compiled, problems + errors.len()))
+    Ok((manifests, problems))
 }

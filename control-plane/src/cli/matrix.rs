@@ -12,7 +12,7 @@ use super::{load, Output};
 
 #[derive(Args, Debug)]
 pub struct MatrixArgs {
-    /// Manifest files or folders.
+    /// Manifest files or folders; without -f, the cluster of the kubeconfig.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
     /// Destination port.

@@ -1,5 +1,6 @@
 //! Subcommands, one file each.
 
+mod check_inject;
 mod explain;
 mod load;
 mod matrix;
@@ -42,8 +43,11 @@ enum Command {
     Exec(mesh::ExecArgs),
     /// The local mesh's flow log, filtered, optionally followed.
     Flows(mesh::FlowsArgs),
-    /// The control plane: watches manifests, runs the CA, streams state to proxies.
+    /// The control plane: watches manifests or the Kubernetes API, runs the CA,
+    /// streams state to proxies, serves the injection webhook.
     Serve(crate::serve::ServeArgs),
+    /// Pods that should have a sidecar and do not (reads the cluster).
+    CheckInject(check_inject::CheckInjectArgs),
 }
 
 /// Human-readable text, or stable JSON for scripts.
@@ -65,5 +69,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Exec(a) => mesh::exec(a),
         Command::Flows(a) => mesh::flows(a),
         Command::Serve(a) => crate::serve::run(a).map(|()| ExitCode::SUCCESS),
+        Command::CheckInject(a) => check_inject::run(a),
     }
 }

@@ -1,5 +1,10 @@
 //! `palisade test`: run policy test scenarios, for CI next to the manifests.
 //! Exit 0 when every expectation passes, 1 when any fails, 2 on invalid input.
+//!
+//! A scenario that brings its own `cluster` or `policies` is self-contained. One
+//! that has only expectations is checked against the manifests of `-f`, or,
+//! without `-f`, against the cluster of the kubeconfig: "does production still
+//! allow what we promised?".
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +19,10 @@ pub struct TestArgs {
     /// Scenario files or folders (every .yaml below a folder).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
+    /// For expectation-only scenarios: manifest files or folders to check them
+    /// against; without -f, the cluster of the kubeconfig.
+    #[arg(long = "file", short = 'f')]
+    files: Vec<PathBuf>,
     #[arg(long, short = 'o', value_enum, default_value_t)]
     output: Output,
 }
@@ -28,6 +37,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let (mut passed, mut failed, mut invalid) = (0usize, 0usize, 0usize);
+    // Read (the cluster, or -f) only if some scenario needs it.
+    let mut base: Option<palisade_policy::Manifests> = None;
     for file in files {
         let name = file.display().to_string();
         let results = std::fs::read_to_string(&file)
@@ -35,7 +46,19 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
                 file: name.clone(),
                 message: e.to_string(),
             })
-            .and_then(|text| scenario::run(&name, &text));
+            .and_then(|text| {
+                if base.is_none() && scenario::needs_base(&text) {
+                    base = Some(
+                        load::load(&args.files)
+                            .map_err(|e| scenario::ScenarioError {
+                                file: name.clone(),
+                                message: format!("{e:#}"),
+                            })?
+                            .0,
+                    );
+                }
+                scenario::run_with(&name, &text, base.as_ref())
+            });
         let results = match results {
             Ok(r) => r,
             Err(e) => {

@@ -10,6 +10,7 @@ pub mod ca_secret;
 #[cfg(test)]
 pub mod fake_api;
 pub mod kinds;
+pub mod list;
 pub mod source;
 #[cfg(test)]
 mod tests;

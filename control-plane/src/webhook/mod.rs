@@ -24,9 +24,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
 
+pub use inject::{decide, Decision, InjectConfig};
 #[cfg(test)]
-use inject::INIT_CONTAINER;
-pub use inject::{InjectConfig, PROXY_CONTAINER};
+use inject::{INIT_CONTAINER, PROXY_CONTAINER};
+
+/// Namespaces the webhook configuration never sends (deploy/kubernetes says the
+/// same; a test checks they agree).
+pub const EXCLUDED_NAMESPACES: [&str; 2] = ["kube-system", "palisade-system"];
 pub use server::{serve, NamespaceLabels};
 
 /// The answer to one AdmissionReview, and what happened, for logs and counters.
