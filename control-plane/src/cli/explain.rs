@@ -17,7 +17,7 @@ use super::{load, Output};
 pub struct ExplainArgs {
     /// Manifest files or folders (Namespaces, Pods, ServiceAccounts, policies, tiers);
     /// without -f, the cluster of the kubeconfig.
-    #[arg(short = 'f', long = "filename", required = true)]
+    #[arg(short = 'f', long = "filename")]
     files: Vec<PathBuf>,
     /// Source: NAMESPACE/POD or an IP address.
     #[arg(long)]

@@ -13,7 +13,7 @@ use super::{load, Output};
 #[derive(Args, Debug)]
 pub struct MatrixArgs {
     /// Manifest files or folders; without -f, the cluster of the kubeconfig.
-    #[arg(short = 'f', long = "filename", required = true)]
+    #[arg(short = 'f', long = "filename")]
     files: Vec<PathBuf>,
     /// Destination port.
     #[arg(long, default_value_t = 80)]

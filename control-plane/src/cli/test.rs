@@ -21,7 +21,7 @@ pub struct TestArgs {
     paths: Vec<PathBuf>,
     /// For expectation-only scenarios: manifest files or folders to check them
     /// against; without -f, the cluster of the kubeconfig.
-    #[arg(long = "file", short = 'f')]
+    #[arg(short = 'f', long = "filename")]
     files: Vec<PathBuf>,
     #[arg(long, short = 'o', value_enum, default_value_t)]
     output: Output,
