@@ -425,3 +425,81 @@ fn malformed_and_hostile_reviews_get_error_responses() {
         }
     }
 }
+
+/// The webhook as the API server meets it: HTTPS with a certificate for the
+/// Service's DNS name, issued by the CA whose root is the caBundle.
+#[tokio::test]
+async fn served_over_tls_to_a_client_that_trusts_the_ca_bundle() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ca = palisade_certs::CertificateAuthority::generate(palisade_certs::CaConfig::default())
+        .unwrap();
+    let name = "palisade-control-plane.palisade-system.svc";
+    let cert = ca
+        .issue_serving(&[name.to_owned()], std::time::Duration::from_secs(3600))
+        .unwrap();
+    let tls = palisade_certs::tls::serving_config(vec![cert.der, ca.root().clone()], &cert.key_pem)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let labels: NamespaceLabels = Arc::new(labels);
+    tokio::spawn(serve(
+        listener,
+        Arc::new(arc_swap::ArcSwap::from_pointee(tls)),
+        Arc::new(config()),
+        labels,
+    ));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.root().clone()).unwrap();
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let request = |method: &str, path: &str, body: Vec<u8>| {
+        let client = client.clone();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {name}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let server = rustls::pki_types::ServerName::try_from(name).unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(client)
+                .connect(server, tcp)
+                .await
+                .unwrap();
+            tls.write_all(head.as_bytes()).await.unwrap();
+            let _ = tls.write_all(&body).await;
+            let mut response = Vec::new();
+            let _ = tls.read_to_end(&mut response).await;
+            String::from_utf8_lossy(&response).into_owned()
+        }
+    };
+    let review = fixture("deployment-pod-create.json");
+    let response = request("POST", "/inject", review.to_string().into_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["response"]["uid"], review["request"]["uid"]);
+    assert_eq!(
+        init_names(&patched(&review, &body["response"]))[..2],
+        [INIT_CONTAINER, PROXY_CONTAINER]
+    );
+
+    assert!(request("GET", "/", Vec::new())
+        .await
+        .starts_with("HTTP/1.1 404"));
+    let huge = vec![b' '; 5 << 20];
+    let response = request("POST", "/inject", huge).await;
+    assert!(
+        response.starts_with("HTTP/1.1 413"),
+        "{}",
+        &response[..response.len().min(200)]
+    );
+}
