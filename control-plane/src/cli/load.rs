@@ -52,7 +52,9 @@ fn from_cluster() -> anyhow::Result<(Manifests, usize)> {
         let client = crate::k8s::client().await.context(
             "no -f given, so reading the cluster; give manifests with -f FILE_OR_DIR instead",
         )?;
-        crate::k8s::list::manifests(&client).await
+        crate::k8s::list::manifests(&client)
+            .await
+            .context("no -f given, so reading the cluster of the kubeconfig")
     })?;
     for e in &problems {
         eprintln!("error: {e} (skipped)");
