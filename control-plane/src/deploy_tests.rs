@@ -84,6 +84,12 @@ fn load() -> Deploy {
     d
 }
 
+fn service_ports(
+    service: &Service,
+) -> impl Iterator<Item = &k8s_openapi::api::core::v1::ServicePort> {
+    service.spec.iter().flat_map(|s| s.ports.iter().flatten())
+}
+
 fn serve_args(deployment: &Deployment) -> ServeArgs {
     #[derive(clap::Parser)]
     struct Command {
@@ -135,14 +141,7 @@ fn the_webhook_reaches_the_port_the_deployment_serves_it_on() {
     assert_eq!(target.path.as_deref(), Some("/inject"));
 
     // Service port -> its targetPort -> the container port -> --webhook-listen.
-    let port = service
-        .spec
-        .as_ref()
-        .unwrap()
-        .ports
-        .as_ref()
-        .unwrap()
-        .iter()
+    let port = service_ports(service)
         .find(|p| Some(p.port) == target.port)
         .expect("the webhook's port is one of the Service's");
     let pod = deployment
@@ -192,14 +191,7 @@ fn the_webhook_reaches_the_port_the_deployment_serves_it_on() {
         config.metadata.name.as_ref()
     );
     // Injected proxies dial the Service's gRPC port, which leads to --listen.
-    let grpc = service
-        .spec
-        .as_ref()
-        .unwrap()
-        .ports
-        .as_ref()
-        .unwrap()
-        .iter()
+    let grpc = service_ports(service)
         .find(|p| p.name.as_deref() == Some("grpc"))
         .unwrap();
     assert_eq!(

@@ -143,6 +143,16 @@ mod tests {
 
     const SECRET: &str = "/api/v1/namespaces/palisade-system/secrets";
 
+    async fn load(client: &kube::Client) -> anyhow::Result<CertificateAuthority> {
+        load_or_create(
+            client,
+            "palisade-system",
+            "palisade-ca",
+            CaConfig::default(),
+        )
+        .await
+    }
+
     fn secret_json(ca: &CertificateAuthority) -> String {
         let secret = Secret {
             metadata: ObjectMeta {
@@ -183,14 +193,7 @@ mod tests {
                 Reply::ok(secret_json(&existing)),
             )
             .start();
-        let ca = load_or_create(
-            &client,
-            "palisade-system",
-            "palisade-ca",
-            CaConfig::default(),
-        )
-        .await
-        .unwrap();
+        let ca = load(&client).await.unwrap();
         assert_eq!(ca.root(), existing.root());
     }
 
@@ -201,14 +204,7 @@ mod tests {
             .route(&format!("GET {SECRET}/palisade-ca"), not_found())
             .route(&format!("POST {SECRET}"), Reply::ok("{}"))
             .start();
-        let ca = load_or_create(
-            &client,
-            "palisade-system",
-            "palisade-ca",
-            CaConfig::default(),
-        )
-        .await
-        .unwrap();
+        let ca = load(&client).await.unwrap();
         let posted = seen
             .lock()
             .unwrap()
@@ -237,14 +233,7 @@ mod tests {
                 },
             )
             .start();
-        let ca = load_or_create(
-            &client,
-            "palisade-system",
-            "palisade-ca",
-            CaConfig::default(),
-        )
-        .await
-        .unwrap();
+        let ca = load(&client).await.unwrap();
         assert_eq!(ca.root(), winner.root());
     }
 
@@ -261,14 +250,7 @@ mod tests {
                 Reply::ok(secret.to_string()),
             )
             .start();
-        let e = load_or_create(
-            &client,
-            "palisade-system",
-            "palisade-ca",
-            CaConfig::default(),
-        )
-        .await
-        .unwrap_err();
+        let e = load(&client).await.unwrap_err();
         assert!(
             format!("{e:#}").contains("Secret palisade-system/palisade-ca: data.ca.key is missing"),
             "{e:#}"

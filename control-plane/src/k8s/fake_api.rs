@@ -47,7 +47,31 @@ pub struct FakeApi {
 /// What the fake server saw: `METHOD path?query` and the request body.
 pub type Seen = Arc<Mutex<Vec<(String, String)>>>;
 
+/// Where each Kubernetes kind is listed and watched, and its fixtures' name.
+pub const KUBERNETES_PATHS: [(&str, &str); 6] = [
+    ("/api/v1/namespaces", "namespaces"),
+    ("/api/v1/serviceaccounts", "serviceaccounts"),
+    ("/api/v1/pods", "pods"),
+    ("/api/v1/services", "services"),
+    ("/apis/discovery.k8s.io/v1/endpointslices", "endpointslices"),
+    (
+        "/apis/networking.k8s.io/v1/networkpolicies",
+        "networkpolicies",
+    ),
+];
+
 impl FakeApi {
+    /// The recorded list of every Kubernetes kind (`NAME.list.json`).
+    pub fn kubernetes_lists(mut self) -> FakeApi {
+        for (path, name) in KUBERNETES_PATHS {
+            self = self.route(
+                &format!("GET {path}"),
+                Reply::fixture(&format!("{name}.list.json")),
+            );
+        }
+        self
+    }
+
     pub fn route(mut self, route: &str, reply: Reply) -> FakeApi {
         self.routes
             .entry(route.to_owned())

@@ -73,23 +73,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_cluster_as_the_cli_sees_it() {
-        let mut api = FakeApi::default();
-        for (path, name) in [
-            ("/api/v1/namespaces", "namespaces"),
-            ("/api/v1/serviceaccounts", "serviceaccounts"),
-            ("/api/v1/pods", "pods"),
-            ("/api/v1/services", "services"),
-            ("/apis/discovery.k8s.io/v1/endpointslices", "endpointslices"),
-            (
-                "/apis/networking.k8s.io/v1/networkpolicies",
-                "networkpolicies",
-            ),
-        ] {
-            api = api.route(
-                &format!("GET {path}"),
-                Reply::fixture(&format!("{name}.list.json")),
-            );
-        }
+        let api = FakeApi::default().kubernetes_lists();
         let crd = "/apis/crd.projectcalico.org/v1";
         let (client, _) = api
             .route(

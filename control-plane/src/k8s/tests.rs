@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::core::ApiResource;
 
-use super::fake_api::{FakeApi, Reply, Seen};
+use super::fake_api::{FakeApi, Reply, Seen, KUBERNETES_PATHS};
 use super::kinds::{discover_calico, kubernetes_kinds, CalicoApi};
 use super::source::ClusterSource;
 use super::watch::events;
@@ -21,18 +21,8 @@ use crate::serve::Change;
 /// Every Kubernetes kind: its list, then one watch response; `/api/v1/...` or
 /// `/apis/group/version/...` by kind.
 fn kubernetes_routes(api: FakeApi) -> FakeApi {
-    let mut api = api;
-    for (path, name) in [
-        ("/api/v1/namespaces", "namespaces"),
-        ("/api/v1/serviceaccounts", "serviceaccounts"),
-        ("/api/v1/pods", "pods"),
-        ("/api/v1/services", "services"),
-        ("/apis/discovery.k8s.io/v1/endpointslices", "endpointslices"),
-        (
-            "/apis/networking.k8s.io/v1/networkpolicies",
-            "networkpolicies",
-        ),
-    ] {
+    let mut api = api.kubernetes_lists();
+    for (path, name) in KUBERNETES_PATHS {
         if name == "services" {
             // The Services watch first fails outright (an API server restarting).
             api = api.route(
@@ -43,15 +33,10 @@ fn kubernetes_routes(api: FakeApi) -> FakeApi {
                 },
             );
         }
-        api = api
-            .route(
-                &format!("GET {path}"),
-                Reply::fixture(&format!("{name}.list.json")),
-            )
-            .route(
-                &format!("GET {path} watch"),
-                Reply::fixture(&format!("{name}.watch.jsonl")),
-            );
+        api = api.route(
+            &format!("GET {path} watch"),
+            Reply::fixture(&format!("{name}.watch.jsonl")),
+        );
     }
     api
 }

@@ -101,13 +101,7 @@ pub async fn follow(
             change.merge(source.apply(&kind, event));
         }
         if !change.is_empty() {
-            let (upserts, removals) = (change.upserts.len(), change.removals.len());
-            let next = Arc::new(world_tx.borrow().next(change, &trust_domain));
-            eprintln!(
-                "version {}: {upserts} objects changed, {removals} removed",
-                next.version
-            );
-            world_tx.send_replace(next);
+            super::world::publish(&world_tx, change, &trust_domain);
         }
         publish_status(&shared, source.problems());
     }

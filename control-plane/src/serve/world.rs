@@ -35,6 +35,22 @@ pub struct Catchup {
     pub removals: Vec<String>,
 }
 
+/// Makes the next version from `change` and publishes it to every stream (the
+/// one writer's last step, whichever the source).
+pub fn publish(
+    world_tx: &tokio::sync::watch::Sender<Arc<World>>,
+    change: Change,
+    trust_domain: &str,
+) {
+    let (upserts, removals) = (change.upserts.len(), change.removals.len());
+    let next = Arc::new(world_tx.borrow().next(change, trust_domain));
+    eprintln!(
+        "version {}: {upserts} objects changed, {removals} removed",
+        next.version
+    );
+    world_tx.send_replace(next);
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
