@@ -35,7 +35,27 @@ pub async fn load_or_create(
         return from_secret(&secret, config, &origin);
     }
     let ca = CertificateAuthority::generate(config.clone())?;
-    let secret = Secret {
+    let secret = to_secret(&ca, namespace, name);
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            eprintln!("made a new CA root and stored it in {origin}");
+            Ok(ca)
+        }
+        Err(kube::Error::Api(status)) if status.is_already_exists() => {
+            // Another replica made it first: use theirs.
+            let secret = api
+                .get(name)
+                .await
+                .with_context(|| format!("reading {origin}"))?;
+            from_secret(&secret, config, &origin)
+        }
+        Err(e) => Err(e).with_context(|| format!("creating {origin}")),
+    }
+}
+
+/// The Secret that holds `ca`.
+fn to_secret(ca: &CertificateAuthority, namespace: &str, name: &str) -> Secret {
+    Secret {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
@@ -54,21 +74,6 @@ pub async fn load_or_create(
             (KEY_KEY.to_owned(), ByteString(ca.key_pem().into_bytes())),
         ])),
         ..Secret::default()
-    };
-    match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => {
-            eprintln!("made a new CA root and stored it in {origin}");
-            Ok(ca)
-        }
-        Err(kube::Error::Api(status)) if status.is_already_exists() => {
-            // Another replica made it first: use theirs.
-            let secret = api
-                .get(name)
-                .await
-                .with_context(|| format!("reading {origin}"))?;
-            from_secret(&secret, config, &origin)
-        }
-        Err(e) => Err(e).with_context(|| format!("creating {origin}")),
     }
 }
 
@@ -154,23 +159,8 @@ mod tests {
     }
 
     fn secret_json(ca: &CertificateAuthority) -> String {
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some("palisade-ca".into()),
-                namespace: Some("palisade-system".into()),
-                resource_version: Some("5121".into()),
-                ..ObjectMeta::default()
-            },
-            type_: Some("Opaque".into()),
-            data: Some(BTreeMap::from([
-                (
-                    CERT_KEY.to_owned(),
-                    ByteString(ca.root_pem().as_bytes().to_vec()),
-                ),
-                (KEY_KEY.to_owned(), ByteString(ca.key_pem().into_bytes())),
-            ])),
-            ..Secret::default()
-        };
+        let mut secret = to_secret(ca, "palisade-system", "palisade-ca");
+        secret.metadata.resource_version = Some("5121".into());
         let mut v = serde_json::to_value(secret).unwrap();
         v["apiVersion"] = json!("v1");
         v["kind"] = json!("Secret");

@@ -72,6 +72,30 @@ impl FakeApi {
         self
     }
 
+    /// A cluster with Calico's CRDs only: their discovery document, and the
+    /// recorded list (and, with `watch`, the watch) of each Calico kind.
+    pub fn calico_crds(mut self, watch: bool) -> FakeApi {
+        let crd = "/apis/crd.projectcalico.org/v1";
+        self = self.route(
+            &format!("GET {crd}"),
+            Reply::fixture("discovery.crd.projectcalico.org-v1.json"),
+        );
+        for plural in ["tiers", "globalnetworkpolicies", "networkpolicies"] {
+            let fixture = format!("calico-crd.{plural}");
+            self = self.route(
+                &format!("GET {crd}/{plural}"),
+                Reply::fixture(&format!("{fixture}.list.json")),
+            );
+            if watch {
+                self = self.route(
+                    &format!("GET {crd}/{plural} watch"),
+                    Reply::fixture(&format!("{fixture}.watch.jsonl")),
+                );
+            }
+        }
+        self
+    }
+
     pub fn route(mut self, route: &str, reply: Reply) -> FakeApi {
         self.routes
             .entry(route.to_owned())

@@ -68,30 +68,14 @@ where
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::super::fake_api::{FakeApi, Reply};
+    use super::super::fake_api::FakeApi;
     use super::*;
 
     #[tokio::test]
     async fn the_cluster_as_the_cli_sees_it() {
-        let api = FakeApi::default().kubernetes_lists();
-        let crd = "/apis/crd.projectcalico.org/v1";
-        let (client, _) = api
-            .route(
-                &format!("GET {crd}"),
-                Reply::fixture("discovery.crd.projectcalico.org-v1.json"),
-            )
-            .route(
-                &format!("GET {crd}/tiers"),
-                Reply::fixture("calico-crd.tiers.list.json"),
-            )
-            .route(
-                &format!("GET {crd}/globalnetworkpolicies"),
-                Reply::fixture("calico-crd.globalnetworkpolicies.list.json"),
-            )
-            .route(
-                &format!("GET {crd}/networkpolicies"),
-                Reply::fixture("calico-crd.networkpolicies.list.json"),
-            )
+        let (client, _) = FakeApi::default()
+            .kubernetes_lists()
+            .calico_crds(false)
             .start();
         let (manifests, problems) = manifests(&client).await.unwrap();
         assert_eq!(manifests.cluster.pods.len(), 2);

@@ -249,37 +249,9 @@ fn last_resource_version(watch_fixture: &str) -> String {
 
 #[tokio::test]
 async fn crd_only_calico_and_malformed_objects_are_skipped_without_stopping_the_watch() {
-    let crd = "/apis/crd.projectcalico.org/v1";
+    // No Calico API server: v3 is not found, the CRDs are.
     let (client, _seen) = kubernetes_routes(FakeApi::default())
-        // No Calico API server: v3 is not found, the CRDs are.
-        .route(
-            &format!("GET {crd}"),
-            Reply::fixture("discovery.crd.projectcalico.org-v1.json"),
-        )
-        .route(
-            &format!("GET {crd}/tiers"),
-            Reply::fixture("calico-crd.tiers.list.json"),
-        )
-        .route(
-            &format!("GET {crd}/tiers watch"),
-            Reply::fixture("calico-crd.tiers.watch.jsonl"),
-        )
-        .route(
-            &format!("GET {crd}/globalnetworkpolicies"),
-            Reply::fixture("calico-crd.globalnetworkpolicies.list.json"),
-        )
-        .route(
-            &format!("GET {crd}/globalnetworkpolicies watch"),
-            Reply::fixture("calico-crd.globalnetworkpolicies.watch.jsonl"),
-        )
-        .route(
-            &format!("GET {crd}/networkpolicies"),
-            Reply::fixture("calico-crd.networkpolicies.list.json"),
-        )
-        .route(
-            &format!("GET {crd}/networkpolicies watch"),
-            Reply::fixture("calico-crd.networkpolicies.watch.jsonl"),
-        )
+        .calico_crds(true)
         .start();
     let calico = discover_calico(&client).await.unwrap();
     let CalicoApi::Crd(calico_kinds) = &calico else {
