@@ -164,3 +164,24 @@ fn uid_of(body: &[u8]) -> String {
         .and_then(|v| v.pointer("/request/uid")?.as_str().map(str::to_owned))
         .unwrap_or_default()
 }
+
+/// The answer as the API server reads it. `AdmissionResponse.patch` is a Go
+/// `[]byte`, which JSON carries as a base64 string (the admission.k8s.io/v1
+/// reference); kube-core writes the bytes as a number array, so the patch is
+/// re-encoded here.
+pub fn to_json(review: &AdmissionReview<DynamicObject>) -> serde_json::Result<Vec<u8>> {
+    use base64::Engine;
+    let mut value = serde_json::to_value(review)?;
+    if let Some(patch) = value.pointer_mut("/response/patch") {
+        if let Some(numbers) = patch.as_array() {
+            let bytes: Vec<u8> = numbers
+                .iter()
+                .filter_map(|n| n.as_u64().and_then(|n| u8::try_from(n).ok()))
+                .collect();
+            *patch = base64::engine::general_purpose::STANDARD
+                .encode(bytes)
+                .into();
+        }
+    }
+    serde_json::to_vec(&value)
+}

@@ -77,7 +77,7 @@ async fn handle(
         Outcome::Refused(why) => eprintln!("webhook: refused: {why}"),
         Outcome::DryRun(_) | Outcome::Skipped(_) | Outcome::NotApplicable => {}
     }
-    match serde_json::to_vec(&reviewed.review) {
+    match super::to_json(&reviewed.review) {
         Ok(json) => Response::builder()
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(json)))
