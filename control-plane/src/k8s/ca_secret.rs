@@ -54,7 +54,7 @@ pub async fn load_or_create(
 }
 
 /// The Secret that holds `ca`.
-fn to_secret(ca: &CertificateAuthority, namespace: &str, name: &str) -> Secret {
+pub(crate) fn to_secret(ca: &CertificateAuthority, namespace: &str, name: &str) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),

@@ -21,6 +21,8 @@
 //! another replica starts from a snapshot, as versions are per replica).
 
 mod cluster;
+#[cfg(test)]
+mod cluster_tests;
 mod files;
 mod identity;
 mod listener;
@@ -117,14 +119,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
-    let ca_config = CaConfig {
-        trust_domain: args.trust_domain.clone(),
-        ..CaConfig::default()
-    };
     let client = if args.kubernetes {
         Some(crate::k8s::client().await?)
     } else {
         None
+    };
+    serve_with(args, listener, client).await
+}
+
+/// `serve` with the Kubernetes client given (tests give one backed by recorded
+/// API responses).
+async fn serve_with(
+    args: ServeArgs,
+    listener: tokio::net::TcpListener,
+    client: Option<kube::Client>,
+) -> anyhow::Result<()> {
+    let ca_config = CaConfig {
+        trust_domain: args.trust_domain.clone(),
+        ..CaConfig::default()
     };
     let ca = match (&client, &args.ca_secret) {
         (Some(client), Some(secret)) => {

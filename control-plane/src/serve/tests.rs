@@ -42,10 +42,10 @@ spec: {serviceAccountName: db}
 status: {podIP: 10.0.0.2}
 ";
 
-struct ControlPlane {
-    addr: SocketAddr,
-    roots: TrustBundle,
-    dir: tempfile::TempDir,
+pub(super) struct ControlPlane {
+    pub(super) addr: SocketAddr,
+    pub(super) roots: TrustBundle,
+    pub(super) dir: tempfile::TempDir,
 }
 
 async fn start() -> ControlPlane {
@@ -86,7 +86,7 @@ fn pem_cert(path: &Path) -> CertificateDer<'static> {
 }
 
 impl ControlPlane {
-    async fn channel(&self, identity: Option<Arc<IdentityStore>>) -> Channel {
+    pub(super) async fn channel(&self, identity: Option<Arc<IdentityStore>>) -> Channel {
         let expected: SpiffeId = palisade_api::control_plane_identity("cluster.local")
             .parse()
             .unwrap();
@@ -108,7 +108,12 @@ impl ControlPlane {
             .unwrap()
     }
 
-    async fn certify(&self, pod: &str, token: &str, csr: Vec<u8>) -> Result<Vec<Vec<u8>>, Code> {
+    pub(super) async fn certify(
+        &self,
+        pod: &str,
+        token: &str,
+        csr: Vec<u8>,
+    ) -> Result<Vec<Vec<u8>>, Code> {
         IdentityClient::new(self.channel(None).await)
             .certify(CertifyRequest {
                 pod: pod.into(),
@@ -129,7 +134,7 @@ impl ControlPlane {
     }
 }
 
-async fn next(updates: &mut tonic::Streaming<Update>) -> Update {
+pub(super) async fn next(updates: &mut tonic::Streaming<Update>) -> Update {
     tokio::time::timeout(Duration::from_secs(5), updates.message())
         .await
         .expect("an update within 5 s")
@@ -137,7 +142,7 @@ async fn next(updates: &mut tonic::Streaming<Update>) -> Update {
         .expect("the stream is open")
 }
 
-fn say(m: Message) -> ProxyMessage {
+pub(super) fn say(m: Message) -> ProxyMessage {
     ProxyMessage { message: Some(m) }
 }
 
