@@ -3,14 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-
-mod cli;
-#[cfg(test)]
-mod deploy_tests;
-mod k8s;
-mod mesh;
-mod serve;
-mod webhook;
+use palisade_control_plane::cli;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();

@@ -25,6 +25,7 @@ const PROXY_UID: u32 = 1337;
 /// gives pods 169.254.1.1 as their gateway in the same way), reached on-link.
 pub const CONTROL_PLANE: &str = "169.254.1.1:15012";
 
+#[derive(Debug)]
 pub struct Mesh {
     pub record: MeshRecord,
     serve: Option<Child>,

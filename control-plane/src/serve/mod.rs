@@ -31,7 +31,7 @@ mod status;
 mod stream;
 #[cfg(test)]
 mod tests;
-mod world;
+pub mod world;
 
 pub use source::Change;
 

@@ -84,21 +84,38 @@ impl World {
         if history.len() == HISTORY {
             history.pop_front();
         }
+        // Only the pods that changed are read again (a label change in a 10k-pod
+        // cluster must not re-parse every pod).
+        let pod_keys = |k: &String| k.strip_prefix("/Pod/").map(str::to_owned);
         let pods_changed = change
             .upserts
             .iter()
             .map(|o| &o.key)
             .chain(&change.removals)
-            .any(|k| k.starts_with("/Pod/"));
+            .any(|k| pod_keys(k).is_some());
+        let pods = if pods_changed {
+            let mut pods = self.pods.clone();
+            for key in change.removals.iter().filter_map(pod_keys) {
+                pods.remove(&key);
+            }
+            for object in change.upserts.iter().filter(|o| o.key.starts_with("/Pod/")) {
+                match pod_identity(object, trust_domain) {
+                    Some((pod, id)) => pods.insert(pod, id),
+                    None => object
+                        .key
+                        .strip_prefix("/Pod/")
+                        .and_then(|p| pods.remove(p)),
+                };
+            }
+            pods
+        } else {
+            self.pods.clone()
+        };
         history.push_back((version, Arc::new(change)));
         World {
             version,
             made_at_ms: now_ms(),
-            pods: if pods_changed {
-                pod_identities(&objects, trust_domain)
-            } else {
-                self.pods.clone()
-            },
+            pods,
             objects,
             history,
         }
@@ -154,22 +171,20 @@ fn pod_identities(
     objects: &BTreeMap<String, Arc<SourceObject>>,
     trust_domain: &str,
 ) -> HashMap<String, SpiffeId> {
-    let mut manifests = Manifests::default();
-    for o in objects
+    objects
         .range("/Pod/".to_owned()..)
         .take_while(|(k, _)| k.starts_with("/Pod/"))
-    {
-        manifests.load_json(&o.1.origin, &o.1.json);
-    }
-    manifests
-        .cluster
-        .pods
-        .iter()
-        .filter_map(|p| {
-            let id = SpiffeId::new(trust_domain, &p.namespace, &p.service_account).ok()?;
-            Some((format!("{}/{}", p.namespace, p.name), id))
-        })
+        .filter_map(|(_, o)| pod_identity(o, trust_domain))
         .collect()
+}
+
+/// `namespace/name` of a Pod object and the identity its proxy may hold.
+fn pod_identity(object: &SourceObject, trust_domain: &str) -> Option<(String, SpiffeId)> {
+    let mut manifests = Manifests::default();
+    manifests.load_json(&object.origin, &object.json);
+    let pod = manifests.cluster.pods.first()?;
+    let id = SpiffeId::new(trust_domain, &pod.namespace, &pod.service_account).ok()?;
+    Some((format!("{}/{}", pod.namespace, pod.name), id))
 }
 
 #[cfg(test)]
@@ -221,5 +236,46 @@ mod tests {
         let fresh = w3.since(0);
         assert!(fresh.snapshot);
         assert_eq!(fresh.upserts.len(), 2);
+    }
+
+    #[test]
+    fn pod_identities_follow_only_the_pods_that_changed() {
+        let pod = |name: &str, sa: &str| {
+            object(
+                &format!("/Pod/front/{name}"),
+                &format!(
+                    r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"front"}},"spec":{{"serviceAccountName":"{sa}"}}}}"#
+                ),
+            )
+        };
+        let id = |w: &World, p: &str| w.identity_of(p).map(ToString::to_string);
+        let w0 = World::first(
+            BTreeMap::from([
+                ("/Pod/front/a".into(), pod("a", "web")),
+                ("/Pod/front/b".into(), pod("b", "web")),
+            ]),
+            "cluster.local",
+        );
+        let w1 = w0.next(
+            Change {
+                upserts: vec![pod("a", "admin"), pod("c", "web")],
+                removals: vec!["/Pod/front/b".into()],
+            },
+            "cluster.local",
+        );
+        assert_eq!(
+            id(&w1, "front/a").as_deref(),
+            Some("spiffe://cluster.local/ns/front/sa/admin")
+        );
+        assert_eq!(id(&w1, "front/b"), None);
+        assert_eq!(
+            id(&w1, "front/c").as_deref(),
+            Some("spiffe://cluster.local/ns/front/sa/web")
+        );
+        assert_eq!(
+            id(&w0, "front/a").as_deref(),
+            Some("spiffe://cluster.local/ns/front/sa/web"),
+            "w0 unchanged"
+        );
     }
 }
