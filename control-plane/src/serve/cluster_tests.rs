@@ -40,7 +40,7 @@ fn token_review() -> String {
     .to_string()
 }
 
-async fn replica(client: kube::Client, roots: &TrustBundle) -> ControlPlane {
+async fn replica(client: kube::Client, roots: &TrustBundle, extra: &[String]) -> ControlPlane {
     #[derive(clap::Parser)]
     struct Command {
         #[command(flatten)]
@@ -50,13 +50,17 @@ async fn replica(client: kube::Client, roots: &TrustBundle) -> ControlPlane {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let status = dir.path().join("status.json");
-    let args = <Command as clap::Parser>::parse_from([
-        "serve".to_owned(),
-        "--kubernetes".to_owned(),
-        "--ca-secret=palisade-system/palisade-ca".to_owned(),
-        format!("--listen={addr}"),
-        format!("--status-file={}", status.display()),
-    ])
+    let args = <Command as clap::Parser>::parse_from(
+        [
+            "serve".to_owned(),
+            "--kubernetes".to_owned(),
+            "--ca-secret=palisade-system/palisade-ca".to_owned(),
+            format!("--listen={addr}"),
+            format!("--status-file={}", status.display()),
+        ]
+        .into_iter()
+        .chain(extra.iter().cloned()),
+    )
     .serve;
     tokio::spawn(serve_with(args, listener, Some(client)));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -95,8 +99,8 @@ async fn any_replica_serves_a_proxy_bootstrapped_at_another() {
         .start();
     let roots = TrustBundle::new([ca.root().clone()]);
     let (a, b) = (
-        replica(client.clone(), &roots).await,
-        replica(client, &roots).await,
+        replica(client.clone(), &roots, &[]).await,
+        replica(client, &roots, &[]).await,
     );
 
     // Bootstrap at replica a with the projected token.
@@ -164,5 +168,99 @@ async fn any_replica_serves_a_proxy_bootstrapped_at_another() {
             .any(|p| p.contains("default.broken-selector")),
         "{:?}",
         status.problems
+    );
+}
+
+/// The webhook of a replica: namespaces' labels come from the watched state,
+/// and the caBundle of the webhook configuration is set to the CA root.
+#[tokio::test]
+async fn a_replica_serves_the_injector_and_publishes_its_ca_bundle() {
+    use base64::Engine;
+
+    let ca = CertificateAuthority::generate(CaConfig::default()).unwrap();
+    let mut secret =
+        serde_json::to_value(to_secret(&ca, "palisade-system", "palisade-ca")).unwrap();
+    secret["apiVersion"] = json!("v1");
+    secret["kind"] = json!("Secret");
+    // The webhook configuration as deploy/kubernetes installs it (no caBundle yet).
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/kubernetes/30-webhook.yaml"),
+    )
+    .unwrap();
+    let mut installed: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    installed["metadata"]["resourceVersion"] = json!("812");
+    let path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/palisade-sidecar-injector";
+    let (client, seen) = FakeApi::default()
+        .kubernetes_lists()
+        .calico_crds(false)
+        .route(
+            "GET /api/v1/namespaces/palisade-system/secrets/palisade-ca",
+            Reply::ok(secret.to_string()),
+        )
+        .route(&format!("GET {path}"), Reply::ok(installed.to_string()))
+        .route(&format!("PUT {path}"), Reply::ok(installed.to_string()))
+        .start();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let roots = TrustBundle::new([ca.root().clone()]);
+    let _replica = replica(
+        client,
+        &roots,
+        &[
+            format!("--webhook-listen=127.0.0.1:{port}"),
+            "--webhook-config=palisade-sidecar-injector".to_owned(),
+        ],
+    )
+    .await;
+
+    // The recorded pod CREATE is in namespace front, labelled palisade.io/inject=enabled
+    // in the recorded Namespace list: injected.
+    let review = crate::k8s::fake_api::fixture("../webhook/deployment-pod-create.json");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let name = "palisade-control-plane.palisade-system.svc";
+    let answer = crate::webhook::tests::https(
+        addr,
+        name,
+        ca.root().clone(),
+        "POST",
+        "/inject",
+        review.into_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body: serde_json::Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["response"]["allowed"], true);
+    assert!(body["response"]["patch"].is_string(), "{body}");
+
+    // The caBundle was written: a PUT of the configuration carrying the root.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let put = loop {
+        let put = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(r, _)| r.starts_with("PUT "))
+            .cloned();
+        if let Some(put) = put {
+            break put;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no caBundle update");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let put: serde_json::Value = serde_json::from_str(&put.1).unwrap();
+    let bundle = put["webhooks"][0]["clientConfig"]["caBundle"]
+        .as_str()
+        .unwrap();
+    let bundle = base64::engine::general_purpose::STANDARD
+        .decode(bundle)
+        .unwrap();
+    assert_eq!(bundle, ca.root_pem().as_bytes());
+    assert_eq!(
+        put["metadata"]["resourceVersion"], "812",
+        "an update of what was read"
     );
 }

@@ -16,7 +16,7 @@ mod annotations;
 mod inject;
 mod server;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 

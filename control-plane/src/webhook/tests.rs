@@ -428,12 +428,52 @@ fn malformed_and_hostile_reviews_get_error_responses() {
     }
 }
 
+/// One HTTPS/1.1 request to `addr` as the API server makes it: the server must
+/// present a certificate for `name` chaining to `root` (the caBundle).
+pub(crate) async fn https(
+    addr: std::net::SocketAddr,
+    name: &'static str,
+    root: rustls::pki_types::CertificateDer<'static>,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> String {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).unwrap();
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {name}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let server = rustls::pki_types::ServerName::try_from(name).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client)
+        .connect(server, tcp)
+        .await
+        .unwrap();
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let _ = tls.write_all(&body).await;
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
 /// The webhook as the API server meets it: HTTPS with a certificate for the
 /// Service's DNS name, issued by the CA whose root is the caBundle.
 #[tokio::test]
 async fn served_over_tls_to_a_client_that_trusts_the_ca_bundle() {
     use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let ca = palisade_certs::CertificateAuthority::generate(palisade_certs::CaConfig::default())
         .unwrap();
@@ -453,36 +493,9 @@ async fn served_over_tls_to_a_client_that_trusts_the_ca_bundle() {
         labels,
     ));
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.root().clone()).unwrap();
-    let client = Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    );
-    let request = |method: &str, path: &str, body: Vec<u8>| {
-        let client = client.clone();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {name}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let server = rustls::pki_types::ServerName::try_from(name).unwrap();
-            let mut tls = tokio_rustls::TlsConnector::from(client)
-                .connect(server, tcp)
-                .await
-                .unwrap();
-            tls.write_all(head.as_bytes()).await.unwrap();
-            let _ = tls.write_all(&body).await;
-            let mut response = Vec::new();
-            let _ = tls.read_to_end(&mut response).await;
-            String::from_utf8_lossy(&response).into_owned()
-        }
+    let root = ca.root().clone();
+    let request = |method: &'static str, path: &'static str, body: Vec<u8>| {
+        https(addr, name, root.clone(), method, path, body)
     };
     let review = fixture("deployment-pod-create.json");
     let response = request("POST", "/inject", review.to_string().into_bytes()).await;
