@@ -40,6 +40,23 @@ fn token_review() -> String {
     .to_string()
 }
 
+/// The recorded cluster (Kubernetes lists, Calico CRDs) with a CA in its Secret.
+fn recorded_cluster() -> (CertificateAuthority, FakeApi) {
+    let ca = CertificateAuthority::generate(CaConfig::default()).unwrap();
+    let mut secret =
+        serde_json::to_value(to_secret(&ca, "palisade-system", "palisade-ca")).unwrap();
+    secret["apiVersion"] = json!("v1");
+    secret["kind"] = json!("Secret");
+    let api = FakeApi::default()
+        .kubernetes_lists()
+        .calico_crds(false)
+        .route(
+            "GET /api/v1/namespaces/palisade-system/secrets/palisade-ca",
+            Reply::ok(secret.to_string()),
+        );
+    (ca, api)
+}
+
 async fn replica(client: kube::Client, roots: &TrustBundle, extra: &[String]) -> ControlPlane {
     #[derive(clap::Parser)]
     struct Command {
@@ -80,18 +97,8 @@ async fn replica(client: kube::Client, roots: &TrustBundle, extra: &[String]) ->
 
 #[tokio::test]
 async fn any_replica_serves_a_proxy_bootstrapped_at_another() {
-    let ca = CertificateAuthority::generate(CaConfig::default()).unwrap();
-    let mut secret =
-        serde_json::to_value(to_secret(&ca, "palisade-system", "palisade-ca")).unwrap();
-    secret["apiVersion"] = json!("v1");
-    secret["kind"] = json!("Secret");
-    let (client, seen) = FakeApi::default()
-        .kubernetes_lists()
-        .calico_crds(false)
-        .route(
-            "GET /api/v1/namespaces/palisade-system/secrets/palisade-ca",
-            Reply::ok(secret.to_string()),
-        )
+    let (ca, api) = recorded_cluster();
+    let (client, seen) = api
         .route(
             "POST /apis/authentication.k8s.io/v1/tokenreviews",
             Reply::ok(token_review()),
@@ -177,11 +184,7 @@ async fn any_replica_serves_a_proxy_bootstrapped_at_another() {
 async fn a_replica_serves_the_injector_and_publishes_its_ca_bundle() {
     use base64::Engine;
 
-    let ca = CertificateAuthority::generate(CaConfig::default()).unwrap();
-    let mut secret =
-        serde_json::to_value(to_secret(&ca, "palisade-system", "palisade-ca")).unwrap();
-    secret["apiVersion"] = json!("v1");
-    secret["kind"] = json!("Secret");
+    let (ca, api) = recorded_cluster();
     // The webhook configuration as deploy/kubernetes installs it (no caBundle yet).
     let text = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -191,13 +194,7 @@ async fn a_replica_serves_the_injector_and_publishes_its_ca_bundle() {
     let mut installed: serde_json::Value = serde_norway::from_str(&text).unwrap();
     installed["metadata"]["resourceVersion"] = json!("812");
     let path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/palisade-sidecar-injector";
-    let (client, seen) = FakeApi::default()
-        .kubernetes_lists()
-        .calico_crds(false)
-        .route(
-            "GET /api/v1/namespaces/palisade-system/secrets/palisade-ca",
-            Reply::ok(secret.to_string()),
-        )
+    let (client, seen) = api
         .route(&format!("GET {path}"), Reply::ok(installed.to_string()))
         .route(&format!("PUT {path}"), Reply::ok(installed.to_string()))
         .start();
