@@ -84,6 +84,11 @@ fn load() -> Deploy {
     d
 }
 
+fn pod_spec(deployment: &Deployment) -> &k8s_openapi::api::core::v1::PodSpec {
+    let template = &deployment.spec.as_ref().unwrap().template;
+    template.spec.as_ref().unwrap()
+}
+
 fn service_ports(
     service: &Service,
 ) -> impl Iterator<Item = &k8s_openapi::api::core::v1::ServicePort> {
@@ -100,15 +105,7 @@ fn serve_args(deployment: &Deployment) -> ServeArgs {
     enum Sub {
         Serve(ServeArgs),
     }
-    let container = &deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let container = &pod_spec(deployment).containers[0];
     assert_eq!(
         container.command.as_deref(),
         Some(&["palisade".to_owned()][..])
@@ -144,14 +141,7 @@ fn the_webhook_reaches_the_port_the_deployment_serves_it_on() {
     let port = service_ports(service)
         .find(|p| Some(p.port) == target.port)
         .expect("the webhook's port is one of the Service's");
-    let pod = deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
+    let pod = pod_spec(deployment);
     let container = &pod.containers[0];
     let container_port = container
         .ports

@@ -68,6 +68,31 @@ async fn run_until(
     }
 }
 
+/// Watches every Kubernetes kind and the Calico kinds found, until each is listed.
+async fn synced(
+    client: kube::Client,
+    calico: &CalicoApi,
+) -> (
+    impl futures::Stream<Item = super::watch::KindEvent> + Unpin,
+    ClusterSource,
+    Vec<Change>,
+) {
+    let mut kinds: Vec<ApiResource> = kubernetes_kinds();
+    kinds.extend(calico.kinds().iter().cloned());
+    let mut stream = Box::pin(events(client, &kinds));
+    let mut source = ClusterSource::default();
+    let mut changes = Vec::new();
+    run_until(
+        &mut stream,
+        &mut source,
+        &mut changes,
+        "the first list of every kind",
+        |s| s.synced(&kinds),
+    )
+    .await;
+    (stream, source, changes)
+}
+
 fn requests(seen: &Seen) -> Vec<String> {
     seen.lock()
         .unwrap()
@@ -142,20 +167,7 @@ async fn watches_every_kind_and_follows_adds_changes_deletes_and_errors() {
             "stagedkubernetesnetworkpolicies"
         ]
     );
-    let mut kinds: Vec<ApiResource> = kubernetes_kinds();
-    kinds.extend(calico.kinds().iter().cloned());
-
-    let mut stream = events(client, &kinds);
-    let mut source = ClusterSource::default();
-    let mut changes = Vec::new();
-    run_until(
-        &mut stream,
-        &mut source,
-        &mut changes,
-        "the first list of every kind",
-        |s| s.synced(&kinds),
-    )
-    .await;
+    let (mut stream, mut source, mut changes) = synced(client, &calico).await;
     // (Watch events may already have arrived for kinds listed first.)
     for key in [
         "/Namespace//front",
@@ -258,20 +270,7 @@ async fn crd_only_calico_and_malformed_objects_are_skipped_without_stopping_the_
         panic!("{calico:?}")
     };
     assert_eq!(calico_kinds.len(), 3, "{calico_kinds:?}");
-    let mut kinds = kubernetes_kinds();
-    kinds.extend(calico.kinds().iter().cloned());
-
-    let mut stream = events(client, &kinds);
-    let mut source = ClusterSource::default();
-    let mut changes = Vec::new();
-    run_until(
-        &mut stream,
-        &mut source,
-        &mut changes,
-        "the first list",
-        |s| s.synced(&kinds),
-    )
-    .await;
+    let (mut stream, mut source, mut changes) = synced(client, &calico).await;
     // The listed policy with an unterminated selector is skipped, named with its field.
     let problems: Vec<&String> = source.problems().collect();
     assert!(
